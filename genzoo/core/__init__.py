@@ -1,0 +1,1 @@
+"""genzoo's core: interfaces, registry, plugins, trainer, runs. It never imports a family."""

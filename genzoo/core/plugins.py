@@ -1,0 +1,179 @@
+"""pluggy hook specs and the plugin manager (entry-point group ``genzoo``).
+
+Every entry point is loaded on its own inside try/except: one broken plugin is recorded and shown
+by ``zoo plugins``, never allowed to take the CLI down (llm's most-reported failure mode, where
+``load_setuptools_entrypoints`` raises on the first bad plugin). Hooks are called one
+implementation at a time for the same reason, and so every registration knows its source.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+PROJECT = "genzoo"
+BUILTIN = "built-in"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+# Modules inside genzoo that register built-in families through the very same hooks.
+BUILTIN_PLUGINS = ("genzoo.plugins",)
+
+
+class hookspecs:
+    """Callback-style hooks: plugins call ``register(...)`` so the host keeps control of dedup,
+    validation and error attribution."""
+
+    @hookspec
+    def register_families(self, register: Callable[..., None]) -> None:
+        """``register(name, model="pkg.mod:ModelClass", samplers={"name": "pkg.mod:Sampler"},
+        default_sampler="name")``. Code may be given as a class or a lazy ``module:attr`` string;
+        strings keep ``zoo list`` from importing torch."""
+
+    @hookspec
+    def register_models(self, register: Callable[..., None]) -> None:
+        """``register(name, family=..., summary=..., dataset={...}, presets={...}, ...)``: a named,
+        ready-to-train configuration (the fields of a ``registry.yaml`` entry)."""
+
+    @hookspec
+    def register_datasets(self, register: Callable[..., None]) -> None:
+        """``register(name, source="embedded|torchvision|kaggle|folder", modality=..., ...)``."""
+
+    @hookspec
+    def register_samplers(self, register: Callable[..., None]) -> None:
+        """``register(family, name, "pkg.mod:SamplerClass")``: extra samplers for any family."""
+
+    @hookspec
+    def register_commands(self, cli: Any) -> None:
+        """Add click commands to the ``zoo`` group."""
+
+
+@dataclass
+class PluginInfo:
+    name: str  # entry-point name, or the module name for built-ins
+    source: str  # distribution name, or "built-in"
+    version: str = ""
+    module: str = ""
+    status: str = "ok"  # ok | error | skipped
+    error: str = ""
+    hooks: list[str] = field(default_factory=list)
+
+
+def _allowlist() -> set[str] | None:
+    raw = os.environ.get("GENZOO_LOAD_PLUGINS")
+    if raw is None:
+        return None
+    return {s.strip() for s in raw.split(",") if s.strip()}
+
+
+def strict() -> bool:
+    return os.environ.get("GENZOO_STRICT_PLUGINS", "") not in ("", "0", "false")
+
+
+class PluginHost:
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.infos: dict[str, PluginInfo] = {}
+        self._loaded = False
+
+    def load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        for modname in BUILTIN_PLUGINS:
+            module = importlib.import_module(modname)
+            self._register(module, PluginInfo(modname, BUILTIN, module=modname))
+        allow = _allowlist()
+        for ep in importlib.metadata.entry_points(group=PROJECT):
+            dist = ep.dist.name if ep.dist else "?"
+            info = PluginInfo(ep.name, dist, ep.dist.version if ep.dist else "", ep.value)
+            if allow is not None and dist not in allow and ep.name not in allow:
+                info.status = "skipped"
+                info.error = "not in GENZOO_LOAD_PLUGINS"
+                self.infos[ep.name] = info
+                continue
+            try:
+                module = ep.load()
+            except BaseException as e:  # SystemExit too: a plugin must not end the CLI
+                if strict() and not isinstance(e, SystemExit):
+                    raise
+                self.fail(info, e)
+                continue
+            self._register(module, info)
+
+    def _register(self, module: Any, info: PluginInfo) -> None:
+        if info.name in self.infos and self.infos[info.name].status == "ok":
+            self.fail(info, RuntimeError(f"plugin name {info.name!r} already used by "
+                                         f"{self.infos[info.name].source}"))
+            return
+        try:
+            self.pm.register(module, name=info.name)
+        except Exception as e:  # pluggy validates hook signatures here
+            if strict():
+                raise
+            self.fail(info, e)
+            return
+        info.hooks = sorted(h.name for h in self.pm.get_hookcallers(module) or [])
+        self.infos[info.name] = info
+
+    def fail(self, info: PluginInfo, exc: BaseException) -> None:
+        info.status = "error"
+        info.error = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+        self.infos[info.name] = info
+
+    def register_object(self, obj: Any, name: str, source: str = "test") -> None:
+        """Register an in-process plugin (tests, notebooks)."""
+        self.load()
+        self._register(obj, PluginInfo(name, source, module=repr(obj)))
+
+    def unregister(self, name: str) -> None:
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+        self.infos.pop(name, None)
+
+    def implementations(self, hook: str) -> Iterator[tuple[PluginInfo, Callable[..., Any]]]:
+        """Each implementation of `hook` with the plugin it came from, built-ins first."""
+        self.load()
+        impls = getattr(self.pm.hook, hook).get_hookimpls()
+        # pluggy calls last-registered first; we want registration order so built-ins win ties.
+        for impl in impls:
+            info = self.infos.get(impl.plugin_name)
+            if info is None or info.status != "ok":
+                continue
+            yield info, impl.function
+
+    def call_each(self, hook: str, make_kwargs: Callable[[PluginInfo], dict[str, Any]]) -> None:
+        """Call `hook` on every plugin separately, built-ins first; a raising plugin is marked
+        broken (shown by ``zoo plugins``), not fatal. `make_kwargs` binds arguments per plugin,
+        e.g. a ``register`` callback that records the plugin as the source."""
+        impls = sorted(self.implementations(hook), key=lambda p: p[0].source != BUILTIN)
+        for info, fn in impls:
+            try:
+                fn(**make_kwargs(info))
+            except Exception as e:
+                if strict() or info.source == BUILTIN:
+                    raise
+                self.fail(info, e)
+
+
+_host: PluginHost | None = None
+
+
+def host() -> PluginHost:
+    global _host
+    if _host is None:
+        _host = PluginHost()
+    return _host
+
+
+def reset() -> None:
+    """Forget loaded plugins (tests, or after installing a plugin in-process)."""
+    global _host
+    _host = None

@@ -1,0 +1,249 @@
+"""The catalogue: families, models (named configurations) and datasets, from all plugins.
+
+Entries name their code lazily (``module:attr``), so listing never imports torch or a family
+module; registering by import side effect is timm's most-reported "unknown model" cause.
+"""
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from genzoo.core import plugins
+from genzoo.errors import RegistryError, UnknownNameError
+
+PRESETS = ("quick", "book")
+SECTIONS = ("model", "train", "data")
+
+
+@dataclass
+class FamilyEntry:
+    name: str
+    model: Any  # class or "module:attr"
+    samplers: dict[str, Any] = field(default_factory=dict)
+    default_sampler: str | None = None
+    summary: str = ""
+    source: str = plugins.BUILTIN
+
+    def model_class(self) -> type:
+        return resolve(self.model, f"family {self.name!r} ({self.source})")
+
+    def sampler_class(self, name: str | None = None) -> type:
+        name = name or self.default_sampler or next(iter(self.samplers), None)
+        if name not in self.samplers:
+            raise UnknownNameError(f"sampler for family {self.name!r}", str(name), self.samplers)
+        return resolve(self.samplers[name], f"sampler {name!r} of family {self.name!r}")
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    family: str
+    summary: str = ""
+    chapter: int | None = None
+    dataset: dict[str, Any] = field(default_factory=dict)
+    sampler: str | None = None
+    config: dict[str, dict[str, Any]] = field(default_factory=dict)  # base for all presets
+    presets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    params: dict[str, int] = field(default_factory=dict)  # per preset, checked by a test
+    notes: str = ""
+    source: str = plugins.BUILTIN
+
+    def resolved(self, preset: str = "quick") -> dict[str, dict[str, Any]]:
+        """Entry config merged with one preset: ``{"model": {...}, "train": {...}, "data": {...}}``."""
+        if preset not in self.presets:
+            raise UnknownNameError(f"preset of {self.name!r}", preset, self.presets)
+        out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+        out["data"].update(self.dataset)
+        for layer in (self.config, self.presets[preset]):
+            for section, values in (layer or {}).items():
+                out[section].update(values or {})
+        return out
+
+
+@dataclass
+class DatasetEntry:
+    name: str
+    source: str  # embedded | torchvision | kaggle | folder
+    modality: str = "image"  # image | text | points | sequence
+    location: str = ""  # package file, torchvision class, kaggle slug, or folder path
+    summary: str = ""
+    shape: list[int] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    license: str = ""
+    provenance: str = ""
+    origin: str = plugins.BUILTIN  # which plugin registered it
+
+
+def resolve(ref: Any, what: str) -> Any:
+    """Import a lazy ``module:attr`` reference; classes pass through."""
+    if not isinstance(ref, str):
+        return ref
+    module_name, _, attr = ref.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in attr.split(".") if attr else []:
+            obj = getattr(obj, part)
+    except Exception as e:
+        raise RegistryError(f"cannot load {what} from {ref!r}: {type(e).__name__}: {e}") from e
+    return obj
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _make(cls: type, name: str, kwargs: dict[str, Any], source: str, kind: str) -> Any:
+    reserved = {"name", "origin"} if cls is DatasetEntry else {"name", "source"}
+    valid = {f.name for f in fields(cls)} - reserved
+    unknown = sorted(set(kwargs) - valid)
+    if unknown:
+        raise RegistryError(f"{kind} {name!r} from {source}: unknown field {unknown[0]!r}; "
+                            f"valid fields: {', '.join(sorted(valid))}")
+    try:
+        return cls(name=name, **kwargs)
+    except TypeError as e:
+        raise RegistryError(f"{kind} {name!r} from {source}: {e}") from None
+
+
+class Registry:
+    def __init__(self, host: plugins.PluginHost | None = None):
+        self.host = host or plugins.host()
+        self.families: dict[str, FamilyEntry] = {}
+        self.models: dict[str, ModelEntry] = {}
+        self.datasets: dict[str, DatasetEntry] = {}
+        self._load()
+
+    # -- loading -----------------------------------------------------------------------------
+    def _load(self) -> None:
+        self.host.load()
+        for hook, target in (("register_families", self.families),
+                             ("register_datasets", self.datasets),
+                             ("register_models", self.models)):
+            for info, fn in self._ordered(hook):
+                staged: list[tuple[str, Any]] = []
+                try:
+                    fn(register=self._recorder(hook, info.source, staged))
+                    for name, entry in staged:
+                        self._add(target, name, entry, info.source, hook)
+                except Exception as e:
+                    if plugins.strict() or info.source == plugins.BUILTIN:
+                        raise
+                    self.host.fail(info, e)  # the whole plugin is out: partial state is worse
+                    self._drop(info.source)
+        for info, fn in self._ordered("register_samplers"):
+            staged = []
+            try:
+                fn(register=lambda family, name, sampler, _s=staged: _s.append((family, name, sampler)))
+                for family, name, sampler in staged:
+                    fam = self.get_family(family)
+                    if name in fam.samplers:
+                        raise RegistryError(f"sampler {name!r} of family {family!r} from "
+                                            f"{info.source} clashes with one from {fam.source}")
+                    fam.samplers[name] = sampler
+            except Exception as e:
+                if plugins.strict() or info.source == plugins.BUILTIN:
+                    raise
+                self.host.fail(info, e)
+        for entry in self.models.values():
+            if entry.family not in self.families:
+                entry.notes = (entry.notes + f" [family {entry.family!r} is not registered]").strip()
+
+    def _ordered(self, hook: str):
+        return sorted(self.host.implementations(hook), key=lambda p: p[0].source != plugins.BUILTIN)
+
+    @staticmethod
+    def _recorder(hook: str, source: str, staged: list[tuple[str, Any]]):
+        cls, kind = {"register_families": (FamilyEntry, "family"),
+                     "register_datasets": (DatasetEntry, "dataset"),
+                     "register_models": (ModelEntry, "model")}[hook]
+
+        def register(name: str, **kwargs: Any) -> None:
+            if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
+                raise RegistryError(f"{kind} name {name!r} from {source}: use lowercase letters, "
+                                    "digits, '-', '_' or '.'")
+            entry = _make(cls, name, kwargs, source, kind)
+            if kind == "dataset":
+                entry.origin = source
+            else:
+                entry.source = source
+            staged.append((name, entry))
+        return register
+
+    def _add(self, target: dict[str, Any], name: str, entry: Any, source: str, hook: str) -> None:
+        if name in target:
+            other = target[name]
+            other_source = getattr(other, "origin", None) or other.source
+            if isinstance(other, DatasetEntry):
+                other_source = other.origin
+            kind = hook.removeprefix("register_").rstrip("s").replace("famili", "family")
+            raise RegistryError(f"duplicate {kind} name {name!r}: registered by {other_source} "
+                                f"and by {source}; rename one (every entry is also reachable as "
+                                f"'{source}:{name}')")
+        target[name] = entry
+
+    def _drop(self, source: str) -> None:
+        for target in (self.families, self.models):
+            for name in [n for n, e in target.items() if e.source == source]:
+                del target[name]
+        for name in [n for n, e in self.datasets.items() if e.origin == source]:
+            del self.datasets[name]
+
+    # -- lookups -----------------------------------------------------------------------------
+    def get(self, name: str) -> ModelEntry:
+        if ":" in name:  # "dist:name" always works, and disambiguates
+            source, _, short = name.partition(":")
+            entry = self.models.get(short)
+            if entry is not None and entry.source == source:
+                return entry
+            name = short
+        if name in self.models:
+            return self.models[name]
+        raise UnknownNameError("model", name, self.models,
+                               "List them with `zoo list`")
+
+    def get_family(self, name: str) -> FamilyEntry:
+        if name not in self.families:
+            raise UnknownNameError("family", name, self.families,
+                                   "Is the plugin that provides it installed? See `zoo plugins`")
+        return self.families[name]
+
+    def get_dataset(self, name: str) -> DatasetEntry:
+        if name not in self.datasets:
+            raise UnknownNameError("dataset", name, self.datasets, "See `zoo data list`")
+        return self.datasets[name]
+
+    def list(self, pattern: str | None = None, tags: Iterable[str] = (),
+             exclude: str | None = None) -> list[ModelEntry]:
+        tags = set(tags)
+        out = []
+        for name, entry in self.models.items():
+            if pattern and not fnmatch.fnmatch(name, pattern):
+                continue
+            if exclude and fnmatch.fnmatch(name, exclude):
+                continue
+            if tags and not tags <= set(entry.tags) | {entry.family}:
+                continue
+            out.append(entry)
+        return sorted(out, key=lambda e: _natural_key(e.name))
+
+
+_registry: Registry | None = None
+
+
+def registry() -> Registry:
+    global _registry
+    if _registry is None:
+        _registry = Registry()
+    return _registry
+
+
+def reset() -> None:
+    global _registry
+    _registry = None
+    plugins.reset()

@@ -1,0 +1,299 @@
+"""One training loop for every family.
+
+The batch for step `s` is a pure function of (seed, s) and the RNG state is checkpointed, so a
+resumed run continues bit-for-bit where an uninterrupted one would be. Families change *what* a
+step does by overriding ``Model.training_step``; they never get a loop of their own.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from genzoo.core import checkpoint as ckpt
+from genzoo.core.data import StepBatches
+from genzoo.errors import ConfigError, TrainingDiverged
+
+
+@dataclass
+class TrainConfig:
+    steps: int | None = None  # optimizer steps in total; wins over epochs
+    epochs: float | None = None
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0  # max global grad norm; None turns clipping off
+    ema_decay: float | None = None  # e.g. 0.999 keeps an EMA copy (timm ModelEmaV3)
+    log_every: int = 25
+    sample_every: int | None = None  # None: 4 grids per run; 0: none during training
+    checkpoint_every: int | None = None  # None: 4 checkpoints per run, and at the end
+    sample_n: int = 64
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 on cuda, none elsewhere
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 0
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise ConfigError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N, mps")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps asked for, but MPS is not available; use --device cpu")
+    return torch.device(name)
+
+
+def total_steps(cfg: TrainConfig, per_epoch: int) -> int:
+    if cfg.steps is not None:
+        if cfg.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {cfg.steps}")
+        return cfg.steps
+    if cfg.epochs is not None:
+        if cfg.epochs <= 0:
+            raise ConfigError(f"epochs must be > 0, got {cfg.epochs}")
+        return max(1, math.ceil(cfg.epochs * per_epoch))
+    raise ConfigError("set the training length: --steps N or --epochs N")
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "cosine":
+        progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
+
+
+class StepContext:
+    """What a ``training_step`` may use: the step index, autocast, and one call that does
+    zero_grad / backward / clip / step the same way for every family."""
+
+    def __init__(self, device: torch.device, amp: str, grad_clip: float | None):
+        self.device, self.grad_clip, self.step = device, grad_clip, 0
+        self.dtype = None
+        if device.type == "cuda":
+            if amp in ("auto", "bf16"):
+                self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            elif amp == "fp16":
+                self.dtype = torch.float16
+        elif amp in ("bf16",) and device.type == "cpu":
+            self.dtype = torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+        self.grad_norms: dict[str, float] = {}
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def optimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                 name: str = "main") -> None:
+        optimizer.zero_grad(set_to_none=True)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if self.grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            self.grad_norms[name] = float(norm)
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+def _scalar(v: Any) -> float | None:
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return float(v.detach())
+    if isinstance(v, (int, float)):
+        return float(v)
+    return None
+
+
+class Trainer:
+    def __init__(self, model: Any, data: Any, cfg: TrainConfig, run: ckpt.Run,
+                 sample_fn: Callable[[Any, int, int], None] | None = None,
+                 progress: bool = True):
+        self.model, self.data, self.cfg, self.run = model, data, cfg, run
+        self.sample_fn = sample_fn  # (model_for_sampling, step, n) -> writes a grid
+        self.progress = progress
+        self.device = pick_device(cfg.device)
+        self.batches = StepBatches(data, cfg.batch_size, cfg.seed)
+        self.total = total_steps(cfg, self.batches.per_epoch)
+        self.model.to(self.device)
+        if self.device.type != "cpu" and hasattr(data, "x"):
+            data.x = data.x.to(self.device)  # small in-memory sets: no host->device copy per step
+        self.optimizers = model.configure_optimizers(cfg)
+        self.base_lrs = {n: [g["lr"] for g in o.param_groups] for n, o in self.optimizers.items()}
+        self.ctx = StepContext(self.device, cfg.amp, cfg.grad_clip)
+        self.ema = None
+        if cfg.ema_decay:
+            from timm.utils import ModelEmaV3
+            self.ema = ModelEmaV3(model, decay=cfg.ema_decay)
+        if cfg.compile:
+            model.loss = torch.compile(model.loss)  # keeps state_dict keys free of _orig_mod.
+        self.step = 0
+        self.last_good = 0
+
+    # -- state -------------------------------------------------------------------------------
+    def save(self) -> None:
+        meta = {"genzoo_step": str(self.step)}
+        tensors: dict[str, torch.Tensor] = {"rng.cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        optim_meta = {}
+        for name, opt in self.optimizers.items():
+            t, m = ckpt.optimizer_to_tensors(name, opt)
+            tensors.update(t)
+            optim_meta[name] = m
+        # weights first, trainer state last: trainer.json's step names a complete checkpoint
+        ckpt.save_weights(self.model, self.run.weights_path, meta)
+        if self.ema is not None:
+            ckpt.save_weights(self.ema.module, self.run.ema_path, meta)
+        ckpt.save_tensors(self.run.path / ckpt.TRAINER_TENSORS, tensors, meta)
+        ckpt.write_json(self.run.path / ckpt.TRAINER_JSON, {
+            "step": self.step, "total_steps": self.total, "optimizers": optim_meta,
+            "complete": self.step >= self.total, "batches_per_epoch": self.batches.per_epoch,
+        })
+        self.last_good = self.step
+
+    def restore(self) -> None:
+        state = ckpt.read_json(self.run.path / ckpt.TRAINER_JSON)
+        tensors = ckpt.load_tensors(self.run.path / ckpt.TRAINER_TENSORS)
+        ckpt.load_weights(self.model, self.run.weights_path)
+        if self.ema is not None and self.run.ema_path.exists():
+            ckpt.load_weights(self.ema.module, self.run.ema_path)
+        for name, opt in self.optimizers.items():
+            if name not in state["optimizers"]:
+                raise ckpt.CheckpointError(f"trainer state has no optimizer {name!r}")
+            ckpt.optimizer_from_tensors(name, opt, tensors, state["optimizers"][name])
+        torch.set_rng_state(tensors["rng.cpu"])
+        if self.device.type == "cuda" and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        self.step = self.last_good = int(state["step"])
+        self.run.truncate_metrics(self.step)
+
+    # -- loop --------------------------------------------------------------------------------
+    def _every(self, value: int | None, parts: int) -> int:
+        if value is None:
+            return max(1, self.total // parts)
+        return value
+
+    def fit(self, stop_after: int | None = None) -> ckpt.Run:
+        """Train to ``total`` steps; `stop_after` ends early (as a kill would) for tests."""
+        cfg = self.cfg
+        sample_every = self._every(cfg.sample_every, 4)
+        ckpt_every = self._every(cfg.checkpoint_every, 4)
+        self.model.train()
+        progress = _progress(self.progress)
+        task = progress.add_task("train", total=self.total, completed=self.step, info="")
+        window_t, window_n = time.perf_counter(), 0
+        sums: dict[str, float] = {}
+        count = 0
+        try:
+            with progress:
+                while self.step < self.total:
+                    if stop_after is not None and self.step >= stop_after:
+                        break
+                    batch = _to_device(self.batches(self.step), self.device)
+                    for name, opt in self.optimizers.items():
+                        f = lr_factor(cfg, self.step, self.total)
+                        for g, base in zip(opt.param_groups, self.base_lrs[name]):
+                            g["lr"] = base * f
+                    self.ctx.step = self.step
+                    out = self.model.training_step(batch, self.optimizers, self.ctx)
+                    loss = out["loss"].detach()
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"loss became {float(loss)} at step {self.step}; stopped. The last "
+                            f"good checkpoint (step {self.last_good}) is in {self.run.path}; "
+                            "lower the learning rate (--set lr=...) or turn on grad_clip")
+                    self.step += 1
+                    if self.ema is not None:
+                        self.ema.update(self.model, step=self.step)
+                    n = int(next(iter(batch.values())).shape[0])
+                    window_n += n
+                    for k, v in out.items():
+                        s = _scalar(v)
+                        if s is not None:
+                            sums[k] = sums.get(k, 0.0) + s
+                    count += 1
+                    if self.step % cfg.log_every == 0 or self.step == self.total:
+                        dt = time.perf_counter() - window_t
+                        record = {"step": self.step, "epoch": round(self.step / self.batches.per_epoch, 3),
+                                  **{k: v / count for k, v in sums.items()},
+                                  "lr": self.optimizers[next(iter(self.optimizers))].param_groups[0]["lr"],
+                                  "samples_per_s": window_n / max(dt, 1e-9), "time": time.time()}
+                        self.run.log(record)
+                        progress.update(task, info=f"loss {record['loss']:.4f} · "
+                                                   f"{record['samples_per_s']:.0f} samples/s")
+                        window_t, window_n, sums, count = time.perf_counter(), 0, {}, 0
+                    progress.update(task, completed=self.step)
+                    if self.step % ckpt_every == 0 and self.step < self.total:
+                        self.save()
+                    if (self.sample_fn is not None and sample_every and self.step % sample_every == 0
+                            and self.step < self.total):
+                        self._sample()
+        except KeyboardInterrupt:
+            self.save()
+            raise
+        self.save()
+        if self.step >= self.total and self.sample_fn is not None:
+            self._sample()
+        return self.run
+
+    def sampling_model(self) -> Any:
+        return self.ema.module if self.ema is not None else self.model
+
+    def _sample(self) -> None:
+        model = self.sampling_model()
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            self.sample_fn(model, self.step, self.cfg.sample_n)
+        model.train(was_training)
+
+
+class _NullProgress:
+    def __enter__(self) -> "_NullProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def add_task(self, *a: Any, **k: Any) -> int:
+        return 0
+
+    def update(self, *a: Any, **k: Any) -> None:
+        return None
+
+
+def _progress(enabled: bool) -> Any:
+    if not enabled:
+        return _NullProgress()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False)

@@ -1,0 +1,41 @@
+"""The built-in plugin: registers genzoo's own families, models and datasets from
+``registry.yaml`` through the same hooks a third-party package uses.
+
+Family code is named lazily (``module:attr``) in the YAML, so this module imports neither torch
+nor any family: ``zoo list`` stays fast.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from genzoo.core.plugins import hookimpl
+
+
+@lru_cache(maxsize=1)
+def catalogue() -> dict[str, Any]:
+    text = resources.files("genzoo").joinpath("registry.yaml").read_text(encoding="utf-8")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(text, Loader=loader) or {}
+
+
+@hookimpl
+def register_families(register: Callable[..., None]) -> None:
+    for name, fields in catalogue().get("families", {}).items():
+        register(name, **fields)
+
+
+@hookimpl
+def register_datasets(register: Callable[..., None]) -> None:
+    for name, fields in catalogue().get("datasets", {}).items():
+        register(name, **fields)
+
+
+@hookimpl
+def register_models(register: Callable[..., None]) -> None:
+    for name, fields in catalogue().get("models", {}).items():
+        register(name, **fields)
