@@ -250,10 +250,17 @@ class LoadedRun:
         name = name or self.config.get("sampler")
         return self.family.sampler_class(name)(**{**self.config.get("sampler_options", {}), **options})
 
-    def sample(self, n: int = 16, seed: int = 0, sampler: str | None = None, **options: Any) -> torch.Tensor:
+    def sample(self, n: int = 16, seed: int = 0, sampler: str | None = None,
+               inputs: dict[str, Any] | None = None, **options: Any) -> torch.Tensor:
+        """`inputs` go to the sampler's ``sample`` (e.g. ``label`` for conditional models);
+        `options` are the sampler's declared options (``temperature``...)."""
+        inputs = dict(inputs or {})
+        if "label" in inputs and not getattr(self.model, "num_classes", 0):
+            raise ConfigError(f"--label given, but {self.config['name']} ({self.path}) is an "
+                              "unconditional model")
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            return self.sampler(sampler, **options).sample(self.model, n, g)
+            return self.sampler(sampler, **options).sample(self.model, n, g, **inputs)
 
 
 def load_run(path: str | os.PathLike, ema: bool = True, device: str = "cpu") -> LoadedRun:

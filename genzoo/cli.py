@@ -1,0 +1,397 @@
+"""The ``zoo`` command line. Thin: parses, calls genzoo's API, prints.
+
+Only click, yaml and the registry are imported at start-up; torch and family modules are
+imported inside the commands that need them, so ``zoo --help``, ``zoo list`` and ``zoo info``
+answer in a fraction of a second.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from genzoo.errors import GenzooError
+
+
+class ZooGroup(click.Group):
+    """Turns genzoo's own errors (user mistakes) into one line and exit code 2; anything else is
+    a bug and keeps its traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GenzooError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted; the last checkpoint is kept (resume with --resume RUN)", err=True)
+            sys.exit(130)
+
+
+def _console() -> Any:
+    from rich.console import Console
+    return Console()
+
+
+def _registry() -> Any:
+    from genzoo.core.registry import registry
+    return registry()
+
+
+@click.group(cls=ZooGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="genzoo")
+def cli() -> None:
+    """genzoo: a zoo of generative models you can list, train, sample and benchmark.
+
+    \b
+    Examples:
+      zoo list                      # the catalogue
+      zoo run pixelcnn              # train the quick preset, then write a sample grid
+      zoo train pixelcnn --preset book --set lr=3e-4 --epochs 10
+      zoo sample runs/pixelcnn-20261125-101500 --n 64 --sampler naive
+      zoo bench pixelcnn --json bench.json
+    """
+
+
+# -- catalogue --------------------------------------------------------------------------------
+
+@cli.command("list")
+@click.argument("pattern", required=False)
+@click.option("--tag", "tags", multiple=True, help="Only entries with this tag (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_cmd(pattern: str | None, tags: tuple[str, ...], as_json: bool) -> None:
+    """List models in the registry, optionally filtered by a wildcard PATTERN.
+
+    \b
+    Examples:
+      zoo list
+      zoo list '*cnn*'
+      zoo list --tag likelihood --json
+    """
+    entries = _registry().list(pattern, tags)
+    if as_json:
+        click.echo(json.dumps([{
+            "name": e.name, "family": e.family, "chapter": e.chapter, "summary": e.summary,
+            "dataset": e.dataset.get("name"), "params": e.params, "tags": e.tags,
+            "source": e.source, "presets": sorted(e.presets)} for e in entries], indent=2))
+        return
+    from rich.table import Table
+    table = Table(title=f"genzoo models ({len(entries)})")
+    for col in ("name", "family", "ch.", "dataset", "params", "source"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("summary", overflow="fold", min_width=20)
+    for e in entries:
+        params = " / ".join(f"{_human(v)}" for k, v in sorted(e.params.items(), key=lambda kv: kv[0] != "quick"))
+        table.add_row(e.name, e.family, str(e.chapter or ""), str(e.dataset.get("name", "")),
+                      params, e.source, e.summary)
+    _console().print(table)
+    if not entries:
+        click.echo("no models match" + (f" {pattern!r}" if pattern else ""))
+
+
+def _human(n: int) -> str:
+    if n >= 1e6:
+        return f"{n / 1e6:.1f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.0f}k"
+    return str(n)
+
+
+@cli.command()
+@click.argument("name")
+def info(name: str) -> None:
+    """Show a model's registry entry: family, dataset, samplers, presets.
+
+    \b
+    Example:
+      zoo info pixelcnn
+    """
+    reg = _registry()
+    e = reg.get(name)
+    fam = reg.families.get(e.family)
+    c = _console()
+    c.print(f"[bold]{e.name}[/bold] — {e.summary}")
+    c.print(f"family: {e.family}   chapter: {e.chapter}   source: {e.source}   tags: {', '.join(e.tags)}")
+    c.print(f"dataset: {json.dumps(e.dataset)}")
+    if fam is not None:
+        c.print(f"samplers: {', '.join(fam.samplers)} (default {e.sampler or fam.default_sampler})")
+    for preset in e.presets:
+        resolved = e.resolved(preset)
+        params = e.params.get(preset)
+        c.print(f"preset [bold]{preset}[/bold]" + (f" ({params:,} params)" if params else "") + ":")
+        for section in ("model", "train", "data"):
+            if resolved[section]:
+                c.print(f"  {section}: " + ", ".join(f"{k}={v}" for k, v in resolved[section].items()))
+    if e.notes:
+        c.print(f"notes: {e.notes}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins(as_json: bool) -> None:
+    """List loaded plugins, their hooks, and any that failed to load (with the error).
+
+    \b
+    Set GENZOO_LOAD_PLUGINS=name1,name2 to load only those (empty: none),
+    GENZOO_STRICT_PLUGINS=1 to raise on a broken plugin instead of skipping it.
+    """
+    reg = _registry()
+    infos = list(reg.host.infos.values())
+    if as_json:
+        click.echo(json.dumps([vars(i) for i in infos], indent=2))
+        return
+    from rich.table import Table
+    table = Table(title="genzoo plugins")
+    for col in ("name", "source", "version", "status", "hooks / error"):
+        table.add_column(col, overflow="fold")
+    for i in infos:
+        status = {"ok": "[green]ok[/green]", "error": "[red]error[/red]"}.get(i.status, i.status)
+        table.add_row(i.name, i.source, i.version, status, i.error or ", ".join(i.hooks))
+    _console().print(table)
+
+
+@cli.group()
+def data() -> None:
+    """Datasets: embedded (offline), torchvision, Kaggle and image folders."""
+
+
+@data.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def data_list(as_json: bool) -> None:
+    """List registered datasets and where they come from.
+
+    \b
+    Example:
+      zoo data list
+    """
+    ds = sorted(_registry().datasets.values(), key=lambda d: d.name)
+    if as_json:
+        click.echo(json.dumps([vars(d) for d in ds], indent=2))
+        return
+    from rich.table import Table
+    table = Table(title="genzoo datasets")
+    for col in ("name", "source", "modality", "location", "summary"):
+        table.add_column(col, overflow="fold")
+    for d in ds:
+        table.add_row(d.name, d.source, d.modality, d.location, d.summary)
+    _console().print(table)
+
+
+# -- training ---------------------------------------------------------------------------------
+
+def _overrides(sets: tuple[str, ...], **named: Any) -> dict[str, Any]:
+    from genzoo.core.config import parse_set
+    out: dict[str, Any] = parse_set(sets)
+    for key, value in named.items():
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _data_option(value: str | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if value.startswith("folder:"):
+        return {"data.name": "folder", "data.path": value[len("folder:"):]}
+    return {"data.name": value}
+
+
+_train_options = [
+    click.option("--preset", default="quick", show_default=True, help="quick (minutes on a CPU) or book."),
+    click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                 help="Override any config key (model, train or data; e.g. lr=3e-4, train.batch_size=32)."),
+    click.option("--steps", type=int, help="Total optimizer steps."),
+    click.option("--epochs", type=float, help="Total epochs (ignored when --steps is given)."),
+    click.option("--batch-size", type=int),
+    click.option("--device", default=None, help="auto, cpu, cuda or mps (default auto)."),
+    click.option("--seed", type=int, help="Fixes init, data order and sampling."),
+    click.option("--data", "data_name", help="Dataset name, or folder:PATH for any image folder."),
+    click.option("--data-root", help="Where downloads are cached (default $GENZOO_DATA or ~/.cache/genzoo/data)."),
+    click.option("--out", type=click.Path(), help="Run folder (default runs/NAME-TIMESTAMP)."),
+    click.option("--no-progress", is_flag=True, help="No progress bar."),
+]
+
+
+def train_options(f: Any) -> Any:
+    for opt in reversed(_train_options):
+        f = opt(f)
+    return f
+
+
+def _do_train(name: str | None, preset: str, sets: tuple[str, ...], steps: int | None,
+              epochs: float | None, batch_size: int | None, device: str | None, seed: int | None,
+              data_name: str | None, data_root: str | None, out: str | None, no_progress: bool,
+              resume: str | None) -> Any:
+    from genzoo import api
+    if resume:
+        if sets or data_name or epochs or batch_size or seed is not None:
+            raise click.UsageError("--resume continues a run as configured; only --steps and "
+                                   "--device may change")
+        run = api.resume(resume, steps=steps, device=device, progress=not no_progress)
+    else:
+        if name is None:
+            raise click.UsageError("give a model NAME (see `zoo list`) or --resume RUN")
+        if epochs is not None and steps is None:
+            sets = sets + ("train.steps=None",)
+        overrides = _overrides(sets, **{"train.steps": steps, "train.epochs": epochs,
+                                        "train.batch_size": batch_size, "train.device": device,
+                                        "train.seed": seed, "data.root": data_root},
+                               **_data_option(data_name))
+        run = api.train(name, preset, overrides, out=out, progress=not no_progress)
+    return run
+
+
+@cli.command()
+@click.argument("name", required=False)
+@train_options
+@click.option("--resume", type=click.Path(), help="Continue the run in this folder.")
+def train(name: str | None, **kw: Any) -> None:
+    """Train NAME (a registry model) and save a run folder.
+
+    \b
+    Examples:
+      zoo train pixelcnn --steps 500
+      zoo train pixelcnn --preset book --set filters=64 --device cuda
+      zoo train vae-faces --data folder:~/pictures/faces
+      zoo train --resume runs/pixelcnn-20261125-101500 --steps 3000
+    """
+    run = _do_train(name, **kw)
+    _report(run)
+
+
+@cli.command("run")
+@click.argument("name")
+@train_options
+@click.option("--n", "n", default=64, show_default=True, help="Samples in the final grid.")
+def run_cmd(name: str, n: int, **kw: Any) -> None:
+    """Train NAME with the quick preset, then sample: the five-minute tour.
+
+    \b
+    Example:
+      zoo run pixelcnn
+    """
+    from genzoo import api
+    run = _do_train(name, resume=None, **kw)
+    loaded = api.load_run(run.path)
+    seed = loaded.config["train"]["seed"]
+    images = loaded.sample(n, seed=seed)
+    grid = api.save_grid(images, run.path / "samples" / "final.png")
+    _report(run, grid)
+
+
+def _report(run: Any, grid: Path | None = None) -> None:
+    tests = [m for m in run.metrics() if m.get("split") == "test"]
+    c = _console()
+    c.print(f"run:      {run.path}")
+    c.print(f"weights:  {run.weights_path}")
+    if tests and "loss" in tests[-1]:
+        extra = ", ".join(f"{k} {v:.4g}" for k, v in tests[-1].items()
+                          if k not in ("step", "split") and isinstance(v, float))
+        c.print(f"test:     {extra}")
+    if grid is not None:
+        c.print(f"samples:  {grid}")
+    c.print(f"loss:     {run.path / 'loss.png'}")
+
+
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.option("--n", default=64, show_default=True, help="Number of samples.")
+@click.option("--sampler", "sampler_name", help="Sampler name (default: the run's).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Sampler option, e.g. temperature=0.8.")
+@click.option("--label", type=int, help="Class label for conditional models (e.g. cgan).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(), help="PNG path (default RUN/samples/sample-SEED.png).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--no-ema", is_flag=True, help="Use raw weights even when EMA weights exist.")
+def sample(run: str, n: int, sampler_name: str | None, sets: tuple[str, ...], label: int | None,
+           seed: int, out: str | None, device: str, no_ema: bool) -> None:
+    """Draw N samples from a trained RUN and save them as a grid.
+
+    \b
+    Examples:
+      zoo sample runs/pixelcnn-20261125-101500
+      zoo sample runs/pixelcnn-20261125-101500 --sampler naive --set temperature=0.7 --n 16
+    """
+    from genzoo import api
+    from genzoo.core.config import parse_set
+    if n < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--n")
+    loaded = api.load_run(run, ema=not no_ema, device=device)
+    inputs = {} if label is None else {"label": label}
+    images = loaded.sample(n, seed=seed, sampler=sampler_name, inputs=inputs, **parse_set(sets))
+    path = Path(out) if out else loaded.run.samples_dir / f"sample-{sampler_name or loaded.config.get('sampler')}-{seed}.png"
+    api.save_grid(images, path)
+    click.echo(f"wrote {n} samples to {path}")
+
+
+@cli.command("eval")
+@click.argument("run", type=click.Path())
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "json_out", type=click.Path(), help="Also write the figures as JSON.")
+def eval_cmd(run: str, split: str, device: str, json_out: str | None) -> None:
+    """Evaluate a RUN on its dataset: NLL in nats and bits/dim for likelihood models.
+
+    \b
+    Example:
+      zoo eval runs/pixelcnn-20261125-101500
+    """
+    from genzoo.core.metrics import evaluate
+    result = evaluate(run, split=split, device=device)
+    for k, v in result.items():
+        click.echo(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2))
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--repeats", default=5, show_default=True, help="Timed repeats (median reported).")
+@click.option("--batch-size", type=int, help="Training batch size (default: the preset's).")
+@click.option("--n", "n_samples", default=16, show_default=True, help="Images per sampling call.")
+@click.option("--preset", default="book", show_default=True)
+@click.option("--json", "json_out", type=click.Path(), help="Write records as JSON.")
+def bench(names: tuple[str, ...], device: str, repeats: int, batch_size: int | None,
+          n_samples: int, preset: str, json_out: str | None) -> None:
+    """Time training throughput and sampling latency (median of repeats after warm-up).
+
+    \b
+    Examples:
+      zoo bench pixelcnn
+      zoo bench pixelcnn --device cuda --json bench.json
+    """
+    from genzoo.core.bench import bench_model, print_records
+    names = names or tuple(e.name for e in _registry().list())
+    records = []
+    for name in names:
+        records += bench_model(name, preset=preset, device=device, repeats=repeats,
+                               batch_size=batch_size, n_samples=n_samples)
+    print_records(records)
+    if json_out:
+        Path(json_out).write_text(json.dumps(records, indent=2))
+        click.echo(f"wrote {json_out}")
+
+
+def _load_plugin_commands() -> None:
+    """Let plugins add commands; one broken plugin must not break the CLI."""
+    try:
+        from genzoo.core.plugins import host
+        h = host()
+        h.load()
+        for info, fn in h.implementations("register_commands"):
+            try:
+                fn(cli=cli)
+            except Exception as e:
+                h.fail(info, e)
+    except Exception as e:  # pragma: no cover - only when the plugin system itself is broken
+        click.echo(f"warning: plugins not loaded: {e}", err=True)
+
+
+def main() -> None:
+    _load_plugin_commands()
+    cli(prog_name="zoo")
+
+

@@ -1,0 +1,155 @@
+"""``zoo bench``: training throughput and sampling latency per model, as JSON records
+``{model, device, metric, setting, median, min, max, unit}``. Median of repeats after warm-up;
+compare figures as ratios within one run (shared machines drift 5-15% between runs)."""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from genzoo.core.trainer import StepContext, TrainConfig, Trainer, pick_device
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def record(model: str, device: torch.device, metric: str, setting: str, values: list[float],
+           unit: str) -> dict[str, Any]:
+    return {"model": model, "device": str(device.type) + (f" ({torch.cuda.get_device_name(device)})"
+                                                           if device.type == "cuda" else ""),
+            "metric": metric, "setting": setting, "median": statistics.median(values),
+            "min": min(values), "max": max(values), "unit": unit, "repeats": len(values)}
+
+
+def bench_data(p: Any, batch_size: int) -> Any:
+    """Real data when it is at hand (embedded, cached), else uniform noise of the right shape."""
+    from genzoo.api import _DataShape
+    from genzoo.core.data import load
+    try:
+        cfg = p.data
+        cfg.download = False
+        return load(cfg, "train")
+    except Exception:
+        shape = _DataShape.of(p)
+        from genzoo.core.data import ImageData
+        g = torch.Generator().manual_seed(0)
+        n = max(batch_size * 2, 256)
+        y = torch.randint(0, max(1, len(shape.classes)), (n,), generator=g) if shape.classes else None
+        return ImageData(torch.rand(n, *shape.shape, generator=g), y, shape.classes)
+
+
+def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: int = 5,
+                batch_size: int | None = None, n_samples: int = 16,
+                steps_per_repeat: int = 10) -> list[dict[str, Any]]:
+    from genzoo import api
+    dev = pick_device(device)
+    p = api.plan(name, preset, {"train.device": device})
+    bs = batch_size or p.train.batch_size
+    p.train.batch_size = bs
+    data = bench_data(p, bs)
+    torch.manual_seed(0)
+    model = api.build_model(p, data).to(dev)
+    out: list[dict[str, Any]] = []
+    setting = f"preset={preset} batch={bs} params={model.num_params()}"
+
+    # bare step: the model's own training_step, no loop around it
+    from genzoo.core.data import StepBatches
+    batches = StepBatches(data, bs, 0)
+    cached = [{k: v.to(dev) for k, v in batches(i).items()} for i in range(min(4, batches.per_epoch))]
+    optimizers = model.configure_optimizers(p.train)
+    ctx = StepContext(dev, p.train.amp, p.train.grad_clip)
+    model.train()
+
+    def steps() -> None:
+        for i in range(steps_per_repeat):
+            ctx.step = i
+            model.training_step(cached[i % len(cached)], optimizers, ctx)
+
+    times = timeit(steps, repeats, 1, dev)
+    out.append(record(name, dev, "train_throughput", f"{setting} (training_step)",
+                      [steps_per_repeat * bs / t for t in times], "samples/s"))
+
+    # the full trainer loop (batching, logging, lr schedule) on the same model
+    def loop() -> None:
+        with tempfile.TemporaryDirectory() as d:
+            from genzoo.core.checkpoint import Run
+            cfg = TrainConfig(**{**vars(p.train), "steps": steps_per_repeat, "sample_every": 0,
+                                 "checkpoint_every": 10**9, "log_every": steps_per_repeat})
+            trainer = Trainer(model, data, cfg, Run.create(name, d + "/run"), None, progress=False)
+            trainer.fit(stop_after=steps_per_repeat)
+
+    times = timeit(loop, repeats, 1, dev)
+    out.append(record(name, dev, "train_throughput", f"{setting} (Trainer loop incl. final checkpoint)",
+                      [steps_per_repeat * bs / t for t in times], "samples/s"))
+
+    flops = train_flops(model, cached[0], optimizers, ctx)
+    if flops:
+        out.append(record(name, dev, "train_flops", f"{setting} fwd+bwd per sample",
+                          [flops / bs], "FLOP"))
+
+    model.eval()
+    family = api.registry().get_family(p.entry.family)
+    for sname in family.samplers:
+        sampler = family.sampler_class(sname)()
+        with torch.no_grad():
+            def draw() -> None:
+                sampler.sample(model, n_samples, torch.Generator().manual_seed(0))
+            first = timeit(draw, 1, 1, dev)[0]
+            reps = repeats if first < 5 else max(2, min(repeats, 3))
+            times = [first] + timeit(draw, reps - 1, 0, dev)
+        out.append(record(name, dev, "sample_latency", f"sampler={sname} n={n_samples}",
+                          [t / n_samples for t in times], "s/image"))
+    return out
+
+
+def train_flops(model: Any, batch: dict[str, torch.Tensor], optimizers: Any, ctx: Any) -> int:
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+        with FlopCounterMode(display=False) as counter:
+            with ctx.autocast():
+                loss = model.loss(batch)["loss"]
+            loss.backward()
+        for opt in optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        return int(counter.get_total_flops())
+    except Exception:
+        return 0
+
+
+def print_records(records: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title="genzoo bench (median of repeats)")
+    for col in ("model", "device", "metric", "setting", "median", "min", "max", "unit"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        table.add_row(r["model"], r["device"], r["metric"], r["setting"], f"{r['median']:.4g}",
+                      f"{r['min']:.4g}", f"{r['max']:.4g}", r["unit"])
+    Console().print(table)
+    by = {}
+    for r in records:
+        if r["metric"] == "sample_latency":
+            by.setdefault(r["model"], {})[r["setting"].split()[0]] = r["median"]
+    for model, s in by.items():
+        if "sampler=naive" in s and len(s) > 1:
+            fastest = min(v for k, v in s.items() if k != "sampler=naive")
+            Console().print(f"{model}: fastest sampler is {s['sampler=naive'] / fastest:.1f}x the naive one")
