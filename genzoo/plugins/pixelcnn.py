@@ -99,7 +99,7 @@ class PixelCNN(Model):
         return (x * L).long().clamp_(0, L - 1)
 
     def model_input(self, levels: torch.Tensor) -> torch.Tensor:
-        return levels.float() / self.config.levels
+        return levels.to(self.input_conv.weight.dtype) / self.config.levels
 
     # -- network ------------------------------------------------------------------------------
     def forward(self, levels: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,16 @@
+import os
+
+import pytest
+
+# Tests never touch the user's cache or the network's torchvision mirrors.
+os.environ.setdefault("GENZOO_DATA", os.path.join(os.path.dirname(__file__), ".data-cache-unused"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENZOO_DATA", str(tmp_path / "data-root"))
+    monkeypatch.delenv("GENZOO_LOAD_PLUGINS", raising=False)
+    monkeypatch.delenv("GENZOO_STRICT_PLUGINS", raising=False)
+    yield
+    from genzoo.core import registry
+    registry.reset()
