@@ -386,7 +386,10 @@ def _load_plugin_commands() -> None:
                 fn(cli=cli)
             except Exception as e:
                 h.fail(info, e)
-    except Exception as e:  # pragma: no cover - only when the plugin system itself is broken
+    except Exception as e:
+        from genzoo.core.plugins import strict
+        if strict():
+            raise
         click.echo(f"warning: plugins not loaded: {e}", err=True)
 
 

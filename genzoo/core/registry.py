@@ -183,8 +183,7 @@ class Registry:
                 other_source = other.origin
             kind = hook.removeprefix("register_").rstrip("s").replace("famili", "family")
             raise RegistryError(f"duplicate {kind} name {name!r}: registered by {other_source} "
-                                f"and by {source}; rename one (every entry is also reachable as "
-                                f"'{source}:{name}')")
+                                f"and by {source}; the later one is not loaded — rename it")
         target[name] = entry
 
     def _drop(self, source: str) -> None:
