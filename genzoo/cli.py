@@ -352,10 +352,12 @@ def eval_cmd(run: str, split: str, device: str, json_out: str | None) -> None:
 @click.option("--repeats", default=5, show_default=True, help="Timed repeats (median reported).")
 @click.option("--batch-size", type=int, help="Training batch size (default: the preset's).")
 @click.option("--n", "n_samples", default=16, show_default=True, help="Images per sampling call.")
+@click.option("--steps", "steps_per_repeat", default=10, show_default=True,
+              help="Training steps per timed repeat.")
 @click.option("--preset", default="book", show_default=True)
 @click.option("--json", "json_out", type=click.Path(), help="Write records as JSON.")
 def bench(names: tuple[str, ...], device: str, repeats: int, batch_size: int | None,
-          n_samples: int, preset: str, json_out: str | None) -> None:
+          n_samples: int, steps_per_repeat: int, preset: str, json_out: str | None) -> None:
     """Time training throughput and sampling latency (median of repeats after warm-up).
 
     \b
@@ -368,7 +370,8 @@ def bench(names: tuple[str, ...], device: str, repeats: int, batch_size: int | N
     records = []
     for name in names:
         records += bench_model(name, preset=preset, device=device, repeats=repeats,
-                               batch_size=batch_size, n_samples=n_samples)
+                               batch_size=batch_size, n_samples=n_samples,
+                               steps_per_repeat=steps_per_repeat)
     print_records(records)
     if json_out:
         Path(json_out).write_text(json.dumps(records, indent=2))

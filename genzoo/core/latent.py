@@ -1,0 +1,331 @@
+"""Latent-space tools shared by every latent family: autoencoders, VAEs, GANs.
+
+The latent protocol: what a model provides for these tools to work on it.
+
+    latent_dim: int                      size of a latent point z
+    decode(z) -> images                  z (n, latent_dim) -> floats in [0, 1], (n, C, H, W)
+    sample_latent(n, generator) -> z     n draws from the model's prior (a VAE's N(0, I), a GAN's
+                                         noise); draw on the CPU generator's device, then move
+                                         to the model's device, so a seed means the same z anywhere
+  optional:
+    encode(x) -> z                       images in [0, 1] -> deterministic latents (a VAE returns
+                                         its posterior mean). Without it (GANs) there is nothing to
+                                         reconstruct or embed: interpolation uses prior samples and
+                                         the encoder-only tools raise a one-line ConfigError.
+    prior_mean: tensor (latent_dim,)     the point ``temperature`` scales about (default 0)
+    image_shape() -> (C, H, W)           inputs are checked against it (one-line DataError)
+
+Everything here runs under ``torch.no_grad`` in eval mode (batch norm uses running statistics)
+and returns CPU tensors. Randomness only comes from the ``torch.Generator`` passed in.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from genzoo.core.sampler import Sampler
+from genzoo.errors import ConfigError, DataError
+
+Method = Literal["linear", "spherical"]
+
+
+# -- protocol checks --------------------------------------------------------------------------
+
+def is_latent_model(model: Any) -> bool:
+    return all(hasattr(model, a) for a in ("latent_dim", "decode", "sample_latent"))
+
+
+def has_encoder(model: Any) -> bool:
+    return callable(getattr(model, "encode", None))
+
+
+def require_latent(model: Any, what: str = "this") -> None:
+    if not is_latent_model(model):
+        raise ConfigError(f"{what} needs a latent-variable model (autoencoder, VAE, GAN); "
+                          f"{type(model).__name__} has no latent space")
+
+
+def require_encoder(model: Any, what: str = "this") -> None:
+    require_latent(model, what)
+    if not has_encoder(model):
+        raise ConfigError(f"{what} needs an encoder, and {type(model).__name__} has none (a "
+                          "generator only maps z -> image); use an autoencoder or VAE run, or "
+                          "`zoo interpolate`, which morphs between prior samples")
+
+
+def check_images(model: Any, x: torch.Tensor) -> None:
+    shape = getattr(model, "image_shape", None)
+    if x.ndim != 4:
+        raise DataError(f"expected a batch of images (n, C, H, W), got shape {tuple(x.shape)}")
+    if callable(shape) and tuple(x.shape[1:]) != tuple(shape()):
+        want, got = "x".join(map(str, shape())), "x".join(map(str, x.shape[1:]))
+        raise DataError(f"this run was trained on {want} images (CxHxW), got {got}; resize them "
+                        "to the run's size (keep the run's data.size and data.channels)")
+
+
+@contextlib.contextmanager
+def evaluating(model: Any) -> Iterator[None]:
+    """no_grad + eval mode, restoring the model's mode afterwards."""
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def _device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+# -- encode / decode --------------------------------------------------------------------------
+
+def encode(model: Any, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Images in [0, 1] (n, C, H, W) -> latents (n, latent_dim), batched, on the CPU."""
+    require_encoder(model, "encoding")
+    check_images(model, x)
+    dev = _device(model)
+    with evaluating(model):
+        return torch.cat([model.encode(x[i:i + batch_size].to(dev)).float().cpu()
+                          for i in range(0, len(x), batch_size)]) if len(x) else \
+            torch.zeros(0, model.latent_dim)
+
+
+def decode(model: Any, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Latents (n, latent_dim) -> images in [0, 1], batched, on the CPU."""
+    require_latent(model, "decoding")
+    if z.ndim != 2 or z.shape[1] != model.latent_dim:
+        raise DataError(f"expected latents of shape (n, {model.latent_dim}), got {tuple(z.shape)}")
+    dev = _device(model)
+    with evaluating(model):
+        return torch.cat([model.decode(z[i:i + batch_size].to(dev)).float().cpu().clamp(0, 1)
+                          for i in range(0, len(z), batch_size)])
+
+
+def reconstruct(model: Any, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """decode(encode(x)): what the model keeps of each image."""
+    return decode(model, encode(model, x, batch_size), batch_size)
+
+
+def sample_latent(model: Any, n: int, generator: torch.Generator,
+                  temperature: float = 1.0) -> torch.Tensor:
+    """n prior draws; temperature < 1 pulls them toward ``prior_mean`` (0 if the model has none)
+    for safer, blander images, > 1 pushes them out."""
+    require_latent(model, "sampling a latent")
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    z = model.sample_latent(n, generator).float()
+    if temperature != 1.0:
+        centre = getattr(model, "prior_mean", None)
+        centre = torch.zeros_like(z) if centre is None else centre.to(z).expand_as(z)
+        z = centre + temperature * (z - centre)
+    return z
+
+
+@dataclass
+class PriorOptions:
+    temperature: float = 1.0  # scales z about the prior's centre before decoding
+
+
+class PriorSampler(Sampler):
+    """Decode draws from the model's prior: N(0, I) for a VAE or GAN, a Gaussian fitted to the
+    training embeddings for a plain autoencoder."""
+
+    name = "prior"
+    Options = PriorOptions
+
+    def sample(self, model: Any, n: int, generator: torch.Generator, **_: Any) -> torch.Tensor:
+        z = sample_latent(model, n, generator, self.options.temperature)
+        return decode(model, z)
+
+
+# -- interpolation ----------------------------------------------------------------------------
+
+def lerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Straight line. Midpoints of two N(0, I) draws have a smaller norm than either (about
+    1/sqrt(2) in high dimension): they sit where the prior rarely puts points."""
+    return (1 - t) * z0 + t * z1
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation (Shoemake 1985; White 2016 for latents): along the great circle
+    between the two directions, which keeps the norm near the prior's typical shell. Falls back
+    to lerp where the two points are (anti)parallel and the circle is undefined."""
+    n0 = z0 / z0.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    n1 = z1 / z1.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    omega = torch.arccos((n0 * n1).sum(-1, keepdim=True).clamp(-1, 1))
+    sin = torch.sin(omega)
+    safe = sin.abs() > 1e-6
+    s = torch.where(safe, sin, torch.ones_like(sin))
+    out = (torch.sin((1 - t) * omega) / s) * z0 + (torch.sin(t * omega) / s) * z1
+    return torch.where(safe, out, lerp(z0, z1, t))
+
+
+def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int,
+                method: Method = "linear") -> torch.Tensor:
+    """Paths between rows of z0 and z1 (each (n, d) or (d,)): (n, steps, d), endpoints included."""
+    if steps < 2:
+        raise ConfigError(f"steps must be >= 2, got {steps}")
+    if method not in ("linear", "spherical"):
+        raise ConfigError(f"unknown interpolation {method!r}; valid: linear, spherical")
+    z0, z1 = torch.atleast_2d(z0), torch.atleast_2d(z1)
+    t = torch.linspace(0, 1, steps, dtype=z0.dtype, device=z0.device).view(1, steps, 1)
+    fn = lerp if method == "linear" else slerp
+    return fn(z0[:, None], z1[:, None], t)
+
+
+def endpoints(model: Any, pairs: int, generator: torch.Generator,
+              images: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Start and end points for `pairs` interpolations: encoded images (the first `pairs` and the
+    next `pairs` of `images`) when given and the model has an encoder, else prior samples."""
+    if images is not None and has_encoder(model):
+        if len(images) < 2 * pairs:
+            raise DataError(f"need {2 * pairs} images for {pairs} pairs, got {len(images)}")
+        z = encode(model, images[:2 * pairs])
+    else:
+        z = sample_latent(model, 2 * pairs, generator).cpu()
+    return z[:pairs], z[pairs:]
+
+
+def interpolation_grid(model: Any, z0: torch.Tensor, z1: torch.Tensor, steps: int = 9,
+                       methods: Sequence[Method] = ("linear", "spherical")) -> torch.Tensor:
+    """Decoded paths, one row per (pair, method): (pairs * len(methods) * steps, C, H, W)."""
+    paths = torch.stack([interpolate(z0, z1, steps, m) for m in methods], 1)  # (n, m, steps, d)
+    return decode(model, paths.reshape(-1, paths.shape[-1]))
+
+
+# -- reconstructions and a baseline -----------------------------------------------------------
+
+def reconstruction_grid(x: torch.Tensor, x_hat: torch.Tensor, per_row: int = 8) -> torch.Tensor:
+    """Rows of `per_row` inputs, each followed by the row of their reconstructions."""
+    rows = []
+    for i in range(0, len(x), per_row):
+        a, b = x[i:i + per_row].cpu(), x_hat[i:i + per_row].cpu()
+        pad = per_row - len(a)
+        if pad:  # keep the grid rectangular: blank (white) cells
+            blank = torch.ones(pad, *a.shape[1:])
+            a, b = torch.cat([a, blank]), torch.cat([b, blank])
+        rows += [a, b]
+    return torch.cat(rows)
+
+
+def reconstruction_error(model: Any, x: torch.Tensor, reference: torch.Tensor | None = None,
+                         batch_size: int = 256) -> dict[str, float]:
+    """Per-pixel MSE of decode(encode(x)) against the MSE of always answering the mean image of
+    `reference` (default: x itself), the best any model can do without looking at the input."""
+    x = x.float()
+    x_hat = reconstruct(model, x, batch_size)
+    mean_image = (x if reference is None else reference.float()).mean(0, keepdim=True)
+    mse = float(((x_hat - x) ** 2).mean())
+    base = float(((mean_image - x) ** 2).mean())
+    return {"mse": mse, "mean_image_mse": base, "ratio": base / max(mse, 1e-12)}
+
+
+# -- attribute vectors ------------------------------------------------------------------------
+
+def attribute_vector(z: torch.Tensor, has: torch.Tensor, name: str = "attribute",
+                     unit: bool = False) -> torch.Tensor:
+    """mean(z | attribute) - mean(z | not attribute): adding it to an encoding adds the
+    attribute (Foster ch. 3, White 2016). `unit` scales it to length 1 as the book's code does."""
+    has = has.bool().cpu()
+    if len(has) != len(z):
+        raise DataError(f"{len(z)} latents but {len(has)} attribute values")
+    n_pos = int(has.sum())
+    if n_pos == 0 or n_pos == len(has):
+        which = "none" if n_pos == 0 else "all"
+        raise DataError(f"{which} of the {len(has)} images have {name!r}: need examples with and "
+                        "without it (use more images: data.limit, or another attribute)")
+    z = z.float().cpu()
+    v = z[has].mean(0) - z[~has].mean(0)
+    return v / v.norm().clamp_min(1e-12) if unit else v
+
+
+def attribute_grid(model: Any, x: torch.Tensor, vector: torch.Tensor,
+                   scales: Sequence[float]) -> torch.Tensor:
+    """For each image: the input, then decode(encode(x) + s * vector) for each scale s.
+    Returns (len(x) * (1 + len(scales)), C, H, W), one image per row of the grid."""
+    z = encode(model, x)
+    s = torch.tensor([float(v) for v in scales]).view(1, -1, 1)
+    moved = (z[:, None] + s * vector.view(1, 1, -1)).reshape(-1, z.shape[1])
+    decoded = decode(model, moved).view(len(x), len(scales), *x.shape[1:])
+    return torch.cat([x.cpu()[:, None].float(), decoded], 1).reshape(-1, *x.shape[1:])
+
+
+# -- 2-D views of the latent space ------------------------------------------------------------
+
+def project_2d(z: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    """Latents (n, d) -> (n, 2): the latents themselves when d <= 2, else their first two
+    principal components (exact PCA by SVD: n x d is small here, and unlike pca_lowrank it needs
+    no random projection). Returns the share of variance each axis explains."""
+    z = z.float().cpu()
+    if z.shape[1] == 1:
+        return torch.cat([z, torch.zeros_like(z)], 1), [1.0, 0.0]
+    if z.shape[1] == 2:
+        return z, [float("nan"), float("nan")]
+    centred = z - z.mean(0)
+    _, s, vt = torch.linalg.svd(centred, full_matrices=False)
+    axes = vt[:2]
+    # fix each axis's sign (largest loading positive) so the plot doesn't flip between runs
+    signs = torch.sign(axes.gather(1, axes.abs().argmax(1, keepdim=True)))
+    axes = axes * signs
+    var = s ** 2
+    return centred @ axes.T, [float(v) for v in var[:2] / var.sum().clamp_min(1e-12)]
+
+
+def latent_scatter(z: torch.Tensor, path: str | Path, labels: torch.Tensor | None = None,
+                   classes: Sequence[str] = (), title: str = "") -> Path:
+    """2-D scatter of latents (PCA'd when d > 2), coloured by label, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    xy, explained = project_2d(z)
+    pca = z.shape[1] > 2
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.6, c="black")
+    else:
+        labels = labels.cpu().long()
+        cmap = plt.get_cmap("tab10" if len(labels) == 0 or int(labels.max()) < 10 else "tab20")
+        for k in labels.unique().tolist():
+            m = labels == k
+            name = classes[k] if k < len(classes) else str(k)
+            ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.7, color=cmap(k % cmap.N), label=name)
+        ax.legend(markerscale=3, fontsize=7, loc="best", framealpha=0.8)
+    if pca:
+        ax.set_xlabel(f"PC 1 ({explained[0]:.0%} of variance)")
+        ax.set_ylabel(f"PC 2 ({explained[1]:.0%} of variance)")
+    else:
+        ax.set_xlabel("z[0]")
+        ax.set_ylabel("z[1]" if z.shape[1] > 1 else "")
+    ax.set_title(title or (f"latent space ({z.shape[1]}-d, PCA)" if pca else "latent space"))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def parse_scales(text: str) -> list[float]:
+    """"-3,-1,0,1,3" -> [-3.0, -1.0, 0.0, 1.0, 3.0]."""
+    try:
+        scales = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"bad scales {text!r}: expected numbers separated by commas, "
+                          "e.g. -3,-1,0,1,3") from None
+    if not scales or not all(math.isfinite(s) for s in scales):
+        raise ConfigError(f"bad scales {text!r}: expected numbers separated by commas, e.g. -3,-1,0,1,3")
+    return scales
