@@ -56,12 +56,12 @@ class Model(nn.Module):
         raise NotImplementedError
 
     def configure_optimizers(self, train: "TrainConfig") -> dict[str, torch.optim.Optimizer]:
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": train.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not train.weight_decay:  # AdamW without decay is Adam, minus a no-op pass per step
+            return {"main": torch.optim.Adam(params, lr=train.lr, betas=tuple(train.betas))}
+        # decay matrices and kernels, not biases or norm scales
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": train.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
         return {"main": torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas))}
 
     def training_step(self, batch: dict[str, torch.Tensor], optimizers: dict[str, Any],

@@ -125,14 +125,6 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
             for k, v in batch.items()}
 
 
-def _scalar(v: Any) -> float | None:
-    if isinstance(v, torch.Tensor) and v.numel() == 1:
-        return float(v.detach())
-    if isinstance(v, (int, float)):
-        return float(v)
-    return None
-
-
 class Trainer:
     def __init__(self, model: Any, data: Any, cfg: TrainConfig, run: ckpt.Run,
                  sample_fn: Callable[[Any, int, int], None] | None = None,
@@ -211,8 +203,8 @@ class Trainer:
         progress = _progress(self.progress)
         task = progress.add_task("train", total=self.total, completed=self.step, info="")
         window_t, window_n = time.perf_counter(), 0
-        sums: dict[str, float] = {}
-        count = 0
+        sums: dict[str, Any] = {}
+        count, bad, checked = 0, None, self.step
         try:
             with progress:
                 while self.step < self.total:
@@ -226,25 +218,33 @@ class Trainer:
                     self.ctx.step = self.step
                     out = self.model.training_step(batch, self.optimizers, self.ctx)
                     loss = out["loss"].detach()
-                    if not torch.isfinite(loss):
-                        raise TrainingDiverged(
-                            f"loss became {float(loss)} at step {self.step}; stopped. The last "
-                            f"good checkpoint (step {self.last_good}) is in {self.run.path}; "
-                            "lower the learning rate (--set lr=...) or turn on grad_clip")
+                    # Reading a GPU value forces a sync; gather on device and look only when logging
+                    # or checkpointing, so a NaN can never reach a saved checkpoint.
+                    bad = ~torch.isfinite(loss) if bad is None else bad | ~torch.isfinite(loss)
                     self.step += 1
                     if self.ema is not None:
                         self.ema.update(self.model, step=self.step)
-                    n = int(next(iter(batch.values())).shape[0])
-                    window_n += n
+                    window_n += int(next(iter(batch.values())).shape[0])
                     for k, v in out.items():
-                        s = _scalar(v)
-                        if s is not None:
-                            sums[k] = sums.get(k, 0.0) + s
+                        if isinstance(v, torch.Tensor) and v.numel() == 1:
+                            sums[k] = sums.get(k, 0.0) + v.detach().float()
+                        elif isinstance(v, (int, float)):
+                            sums[k] = sums.get(k, 0.0) + float(v)
                     count += 1
-                    if self.step % cfg.log_every == 0 or self.step == self.total:
+                    log_now = self.step % cfg.log_every == 0 or self.step == self.total
+                    save_now = self.step % ckpt_every == 0 and self.step < self.total
+                    if log_now or save_now or self.step == self.total:
+                        if bool(bad):
+                            raise TrainingDiverged(
+                                f"loss became nan or inf between steps {checked} and {self.step}; "
+                                f"stopped. The last good checkpoint (step {self.last_good}) is in "
+                                f"{self.run.path}; lower the learning rate (--set lr=...) or set "
+                                "grad_clip")
+                        checked = self.step
+                    if log_now:
                         dt = time.perf_counter() - window_t
                         record = {"step": self.step, "epoch": round(self.step / self.batches.per_epoch, 3),
-                                  **{k: v / count for k, v in sums.items()},
+                                  **{k: float(v) / count for k, v in sums.items()},
                                   "lr": self.optimizers[next(iter(self.optimizers))].param_groups[0]["lr"],
                                   "samples_per_s": window_n / max(dt, 1e-9), "time": time.time()}
                         self.run.log(record)
@@ -252,7 +252,7 @@ class Trainer:
                                                    f"{record['samples_per_s']:.0f} samples/s")
                         window_t, window_n, sums, count = time.perf_counter(), 0, {}, 0
                     progress.update(task, completed=self.step)
-                    if self.step % ckpt_every == 0 and self.step < self.total:
+                    if save_now:
                         self.save()
                     if (self.sample_fn is not None and sample_every and self.step % sample_every == 0
                             and self.step < self.total):
