@@ -66,7 +66,7 @@ class ModelEntry:
 
 
 @dataclass
-class DatasetEntry:
+class DatasetSpec:
     name: str
     source: str  # embedded | torchvision | kaggle | folder
     modality: str = "image"  # image | text | points | sequence
@@ -99,7 +99,7 @@ def _natural_key(name: str) -> list[Any]:
 
 
 def _make(cls: type, name: str, kwargs: dict[str, Any], source: str, kind: str) -> Any:
-    reserved = {"name", "origin"} if cls is DatasetEntry else {"name", "source"}
+    reserved = {"name", "origin"} if cls is DatasetSpec else {"name", "source"}
     valid = {f.name for f in fields(cls)} - reserved
     unknown = sorted(set(kwargs) - valid)
     if unknown:
@@ -116,7 +116,7 @@ class Registry:
         self.host = host or plugins.host()
         self.families: dict[str, FamilyEntry] = {}
         self.models: dict[str, ModelEntry] = {}
-        self.datasets: dict[str, DatasetEntry] = {}
+        self.datasets: dict[str, DatasetSpec] = {}
         self._load()
 
     # -- loading -----------------------------------------------------------------------------
@@ -160,7 +160,7 @@ class Registry:
     @staticmethod
     def _recorder(hook: str, source: str, staged: list[tuple[str, Any]]):
         cls, kind = {"register_families": (FamilyEntry, "family"),
-                     "register_datasets": (DatasetEntry, "dataset"),
+                     "register_datasets": (DatasetSpec, "dataset"),
                      "register_models": (ModelEntry, "model")}[hook]
 
         def register(name: str, **kwargs: Any) -> None:
@@ -179,7 +179,7 @@ class Registry:
         if name in target:
             other = target[name]
             other_source = getattr(other, "origin", None) or other.source
-            if isinstance(other, DatasetEntry):
+            if isinstance(other, DatasetSpec):
                 other_source = other.origin
             kind = hook.removeprefix("register_").rstrip("s").replace("famili", "family")
             raise RegistryError(f"duplicate {kind} name {name!r}: registered by {other_source} "
@@ -212,7 +212,7 @@ class Registry:
                                    "Is the plugin that provides it installed? See `zoo plugins`")
         return self.families[name]
 
-    def get_dataset(self, name: str) -> DatasetEntry:
+    def get_dataset(self, name: str) -> DatasetSpec:
         if name not in self.datasets:
             raise UnknownNameError("dataset", name, self.datasets, "See `zoo data list`")
         return self.datasets[name]
