@@ -142,13 +142,19 @@ def plugins(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([vars(i) for i in infos], indent=2))
         return
+    status = {"ok": "[green]ok[/green]", "error": "[red]error[/red]"}
+    _print_table("genzoo plugins", ("name", "source", "version", "status", "hooks / error"),
+                 [(i.name, i.source, i.version, status.get(i.status, i.status),
+                   i.error or ", ".join(i.hooks)) for i in infos])
+
+
+def _print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     from rich.table import Table
-    table = Table(title="genzoo plugins")
-    for col in ("name", "source", "version", "status", "hooks / error"):
+    table = Table(title=title)
+    for col in columns:
         table.add_column(col, overflow="fold")
-    for i in infos:
-        status = {"ok": "[green]ok[/green]", "error": "[red]error[/red]"}.get(i.status, i.status)
-        table.add_row(i.name, i.source, i.version, status, i.error or ", ".join(i.hooks))
+    for row in rows:
+        table.add_row(*row)
     _console().print(table)
 
 
@@ -170,13 +176,28 @@ def data_list(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([vars(d) for d in ds], indent=2))
         return
-    from rich.table import Table
-    table = Table(title="genzoo datasets")
-    for col in ("name", "source", "modality", "location", "summary"):
-        table.add_column(col, overflow="fold")
-    for d in ds:
-        table.add_row(d.name, d.source, d.modality, d.location, d.summary)
-    _console().print(table)
+    _print_table("genzoo datasets", ("name", "source", "modality", "location", "summary"),
+                 [(d.name, d.source, d.modality, d.location, d.summary) for d in ds])
+
+
+@data.command("download")
+@click.argument("name")
+@click.option("--data-root", help="Where to cache it (default $GENZOO_DATA or ~/.cache/genzoo/data).")
+def data_download(name: str, data_root: str | None) -> None:
+    """Fetch a torchvision or Kaggle dataset into the data root now (cached: never twice).
+
+    \b
+    Examples:
+      zoo data download celeba        # needs Kaggle credentials, see README
+      zoo data download fashion-mnist --data-root /data
+    """
+    from genzoo.core.data import DataConfig, data_root as root_of, load
+    spec = _registry().get_dataset(name)
+    if spec.source in ("embedded", "folder"):
+        click.echo(f"{name} is {spec.source}: nothing to download")
+        return
+    data = load(DataConfig(name=name, root=data_root), "train")
+    click.echo(f"{name}: {len(data)} training examples under {root_of(data_root)}")
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -399,5 +420,3 @@ def _load_plugin_commands() -> None:
 def main() -> None:
     _load_plugin_commands()
     cli(prog_name="zoo")
-
-

@@ -83,3 +83,14 @@ def test_bench_writes_json_records(tmp_path):
     metrics = {(r["metric"], r["setting"].split()[0]) for r in records}
     assert ("sample_latency", "sampler=naive") in metrics and ("sample_latency", "sampler=cached") in metrics
     assert all(r["min"] <= r["median"] <= r["max"] for r in records)
+
+
+def test_data_download_without_kaggle_credentials_explains_how_to_set_them(tmp_path, monkeypatch):
+    for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    one_line_error(invoke("data", "download", "lego-bricks", "--data-root", str(tmp_path)),
+                   "no Kaggle credentials", "KAGGLE_USERNAME", "kaggle.json")
+    res = invoke("data", "download", "mnist-5k")
+    assert res.exit_code == 0 and "nothing to download" in res.output

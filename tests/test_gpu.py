@@ -39,3 +39,18 @@ def test_resume_on_cuda_matches(tmp_path):
     a, b = load_tensors(full.weights_path), load_tensors(half.weights_path)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def _models():
+    return [e.name for e in genzoo.registry().list() if e.source == "built-in"
+            and genzoo.registry().get_dataset(e.dataset["name"]).source == "embedded"]
+
+
+@pytest.mark.parametrize("name", _models())
+def test_every_model_trains_with_bf16_autocast_on_cuda(name, tmp_path):
+    run = api.train(name, "quick", {"train.steps": 3, "device": "cuda", "sample_every": 0,
+                                    "log_every": 1}, out=tmp_path / "run", progress=False)
+    assert len([m for m in run.metrics() if "split" not in m]) == 3
+    loaded = api.load_run(run.path, device="cuda")
+    images = loaded.sample(4, seed=0)
+    assert images.shape[0] == 4 and 0 <= float(images.min()) and float(images.max()) <= 1

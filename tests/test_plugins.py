@@ -176,3 +176,37 @@ def test_unknown_model_suggests_close_matches():
     assert res.exit_code == 1
     assert res.output.strip().startswith("Error: unknown model 'pixelcn'; did you mean 'pixelcnn'")
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_plugin_can_add_a_sampler_to_a_builtin_family_and_a_command(monkeypatch):
+    import click
+
+    from genzoo.plugins.pixelcnn import CachedSampler
+
+    class Greedy(CachedSampler):
+        name = "greedy"
+
+        def __init__(self, **options):
+            super().__init__(**{"top_k": 1, **options})
+
+    class P:
+        @plugins.hookimpl
+        def register_samplers(self, register):
+            register("pixelcnn", "greedy", Greedy)
+
+        @plugins.hookimpl
+        def register_commands(self, cli):
+            @cli.command("hello")
+            def hello():
+                click.echo("hello from a plugin")
+
+    host = plugins.host()
+    host.register_object(P(), "greedy-plugin", source="genzoo-greedy")
+    reg = registry.registry()
+    assert reg.get_family("pixelcnn").sampler_class("greedy") is Greedy
+    import genzoo.cli as zcli
+    zcli._load_plugin_commands()
+    try:
+        assert CliRunner().invoke(zcli.cli, ["hello"]).output.strip() == "hello from a plugin"
+    finally:
+        zcli.cli.commands.pop("hello", None)
