@@ -420,3 +420,10 @@ def _load_plugin_commands() -> None:
 def main() -> None:
     _load_plugin_commands()
     cli(prog_name="zoo")
+
+
+# latent-space tools (autoencoders, VAEs, GANs): zoo reconstruct / interpolate / latent-plot / attribute
+from genzoo.commands.latent import COMMANDS as _LATENT_COMMANDS  # noqa: E402
+
+for _command in _LATENT_COMMANDS:
+    cli.add_command(_command)

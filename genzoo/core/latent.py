@@ -65,8 +65,9 @@ def check_images(model: Any, x: torch.Tensor) -> None:
         raise DataError(f"expected a batch of images (n, C, H, W), got shape {tuple(x.shape)}")
     if callable(shape) and tuple(x.shape[1:]) != tuple(shape()):
         want, got = "x".join(map(str, shape())), "x".join(map(str, x.shape[1:]))
+        side = "x".join(map(str, shape()[1:]))
         raise DataError(f"this run was trained on {want} images (CxHxW), got {got}; resize them "
-                        "to the run's size (keep the run's data.size and data.channels)")
+                        f"to {side} (data.size={shape()[-1]}, the run's) or train at that size")
 
 
 @contextlib.contextmanager
@@ -96,18 +97,20 @@ def encode(model: Any, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Images in [0, 1] (n, C, H, W) -> latents (n, latent_dim), batched, on the CPU."""
     require_encoder(model, "encoding")
     check_images(model, x)
+    if len(x) == 0:
+        return torch.zeros(0, model.latent_dim)
     dev = _device(model)
     with evaluating(model):
         return torch.cat([model.encode(x[i:i + batch_size].to(dev)).float().cpu()
-                          for i in range(0, len(x), batch_size)]) if len(x) else \
-            torch.zeros(0, model.latent_dim)
+                          for i in range(0, len(x), batch_size)])
 
 
 def decode(model: Any, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Latents (n, latent_dim) -> images in [0, 1], batched, on the CPU."""
     require_latent(model, "decoding")
-    if z.ndim != 2 or z.shape[1] != model.latent_dim:
-        raise DataError(f"expected latents of shape (n, {model.latent_dim}), got {tuple(z.shape)}")
+    if z.ndim != 2 or z.shape[1] != model.latent_dim or len(z) == 0:
+        raise DataError(f"expected latents of shape (n >= 1, {model.latent_dim}), "
+                        f"got {tuple(z.shape)}")
     dev = _device(model)
     with evaluating(model):
         return torch.cat([model.decode(z[i:i + batch_size].to(dev)).float().cpu().clamp(0, 1)
@@ -160,16 +163,20 @@ def lerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation (Shoemake 1985; White 2016 for latents): along the great circle
-    between the two directions, which keeps the norm near the prior's typical shell. Falls back
-    to lerp where the two points are (anti)parallel and the circle is undefined."""
-    n0 = z0 / z0.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    n1 = z1 / z1.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    """Spherical interpolation (Shoemake 1985; White 2016 for latents): the direction moves
+    along the great circle between the two, the norm moves linearly from |z0| to |z1|, so every
+    point keeps a norm like the endpoints' (the prior's typical shell, for prior draws). For
+    equal norms this is the textbook formula; applied to raw vectors of unequal norms that one
+    overshoots as they approach opposite directions (its midpoint is (z0 + z1) / 2cos(omega/2)).
+    Falls back to lerp where the directions are (anti)parallel and the circle is undefined."""
+    r0, r1 = z0.norm(dim=-1, keepdim=True), z1.norm(dim=-1, keepdim=True)
+    n0, n1 = z0 / r0.clamp_min(1e-12), z1 / r1.clamp_min(1e-12)
     omega = torch.arccos((n0 * n1).sum(-1, keepdim=True).clamp(-1, 1))
     sin = torch.sin(omega)
-    safe = sin.abs() > 1e-6
+    safe = (sin.abs() > 1e-4) & (r0 > 1e-12) & (r1 > 1e-12)
     s = torch.where(safe, sin, torch.ones_like(sin))
-    out = (torch.sin((1 - t) * omega) / s) * z0 + (torch.sin(t * omega) / s) * z1
+    direction = (torch.sin((1 - t) * omega) * n0 + torch.sin(t * omega) * n1) / s
+    out = ((1 - t) * r0 + t * r1) * direction
     return torch.where(safe, out, lerp(z0, z1, t))
 
 
@@ -187,23 +194,33 @@ def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int,
 
 
 def endpoints(model: Any, pairs: int, generator: torch.Generator,
-              images: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Start and end points for `pairs` interpolations: encoded images (the first `pairs` and the
-    next `pairs` of `images`) when given and the model has an encoder, else prior samples."""
-    if images is not None and has_encoder(model):
+              images: torch.Tensor | None = None,
+              temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Start and end points for `pairs` interpolations: the encodings of images[:pairs] and
+    images[pairs:2 * pairs] when images are given (the model needs an encoder), else prior draws."""
+    if images is not None:
         if len(images) < 2 * pairs:
             raise DataError(f"need {2 * pairs} images for {pairs} pairs, got {len(images)}")
         z = encode(model, images[:2 * pairs])
     else:
-        z = sample_latent(model, 2 * pairs, generator).cpu()
+        z = sample_latent(model, 2 * pairs, generator, temperature).cpu()
     return z[:pairs], z[pairs:]
 
 
 def interpolation_grid(model: Any, z0: torch.Tensor, z1: torch.Tensor, steps: int = 9,
-                       methods: Sequence[Method] = ("linear", "spherical")) -> torch.Tensor:
-    """Decoded paths, one row per (pair, method): (pairs * len(methods) * steps, C, H, W)."""
+                       methods: Sequence[Method] = ("linear", "spherical"),
+                       ends: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Decoded paths, one grid row per (pair, method), `steps` images per row; with `ends`
+    (the input images the endpoints came from) each row starts and ends with those inputs.
+    Returns (rows * row_length, C, H, W)."""
     paths = torch.stack([interpolate(z0, z1, steps, m) for m in methods], 1)  # (n, m, steps, d)
-    return decode(model, paths.reshape(-1, paths.shape[-1]))
+    images = decode(model, paths.reshape(-1, paths.shape[-1]))
+    images = images.view(len(z0), len(methods), steps, *images.shape[1:])
+    if ends is not None:
+        first = ends[0].cpu().float()[:, None, None].expand(-1, len(methods), 1, -1, -1, -1)
+        last = ends[1].cpu().float()[:, None, None].expand(-1, len(methods), 1, -1, -1, -1)
+        images = torch.cat([first, images, last], 2)
+    return images.reshape(-1, *images.shape[3:])
 
 
 # -- reconstructions and a baseline -----------------------------------------------------------
@@ -235,10 +252,30 @@ def reconstruction_error(model: Any, x: torch.Tensor, reference: torch.Tensor | 
 
 # -- attribute vectors ------------------------------------------------------------------------
 
+def attribute_mask(data: Any, name: str) -> torch.Tensor:
+    """The boolean column of attribute `name` in a dataset's ``attributes`` (exact name, else a
+    unique case-insensitive match); a one-line DataError lists the available ones."""
+    names = list(getattr(data, "attribute_names", []) or [])
+    attrs = getattr(data, "attributes", None)
+    label = getattr(data, "name", "") or "this dataset"
+    if attrs is None or not names:
+        raise DataError(f"{label} has no attributes; use a dataset that has them (celeba, twemoji, "
+                        "or --data folder:PATH with a CelebA-style list_attr_celeba.csv)")
+    if name not in names:
+        folded = [n for n in names if n.lower() == name.lower()]
+        if len(folded) != 1:
+            import difflib
+            close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise DataError(f"unknown attribute {name!r}{hint}; available: {', '.join(names)}")
+        name = folded[0]
+    return attrs[:, names.index(name)].bool()
+
+
 def attribute_vector(z: torch.Tensor, has: torch.Tensor, name: str = "attribute",
                      unit: bool = False) -> torch.Tensor:
     """mean(z | attribute) - mean(z | not attribute): adding it to an encoding adds the
-    attribute (Foster ch. 3, White 2016). `unit` scales it to length 1 as the book's code does."""
+    attribute (Foster ch. 3; White 2016). `unit` scales it to length 1 as the book's code does."""
     has = has.bool().cpu()
     if len(has) != len(z):
         raise DataError(f"{len(z)} latents but {len(has)} attribute values")
@@ -321,11 +358,11 @@ def latent_scatter(z: torch.Tensor, path: str | Path, labels: torch.Tensor | Non
 
 def parse_scales(text: str) -> list[float]:
     """"-3,-1,0,1,3" -> [-3.0, -1.0, 0.0, 1.0, 3.0]."""
+    bad = ConfigError(f"bad scales {text!r}: expected numbers separated by commas, e.g. -3,-1,0,1,3")
     try:
         scales = [float(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise ConfigError(f"bad scales {text!r}: expected numbers separated by commas, "
-                          "e.g. -3,-1,0,1,3") from None
+        raise bad from None
     if not scales or not all(math.isfinite(s) for s in scales):
-        raise ConfigError(f"bad scales {text!r}: expected numbers separated by commas, e.g. -3,-1,0,1,3")
+        raise bad
     return scales

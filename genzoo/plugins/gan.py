@@ -43,7 +43,7 @@ class GANConfig:
     z_dim: int = 100
     filters: int = 64  # the discriminator's first stage; doubled per stage up to max_filters
     max_filters: int = 512
-    upsample: Literal["transpose", "resize"] = "transpose"  # resize: nearest + conv, no checkerboard
+    upsample: Literal["transpose", "resize"] = "transpose"  # resize: nearest + conv (no checkerboard)
     dropout: float = 0.3  # in the discriminator / critic
 
     def __post_init__(self) -> None:
@@ -121,8 +121,9 @@ class Generator(nn.Module):
     def __init__(self, cfg: GANConfig, num_classes: int = 0):
         super().__init__()
         fs = stage_filters(cfg)[::-1]
-        layers: list[nn.Module] = [nn.ConvTranspose2d(cfg.z_dim + num_classes, fs[0], 4, bias=False),
-                                   nn.BatchNorm2d(fs[0]), nn.LeakyReLU(0.2)]
+        layers: list[nn.Module] = [  # 1x1 -> 4x4
+            nn.ConvTranspose2d(cfg.z_dim + num_classes, fs[0], 4, bias=False),
+            nn.BatchNorm2d(fs[0]), nn.LeakyReLU(0.2)]
         for c_in, c_out in zip(fs, fs[1:]):
             layers += [up(c_in, c_out, cfg.upsample, bias=False), nn.BatchNorm2d(c_out),
                        nn.LeakyReLU(0.2)]
@@ -186,7 +187,8 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
     points between the two distributions, where the 1-Lipschitz constraint matters."""
     alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
     x_hat = (real + alpha * (fake - real)).detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    # view_as: the critic sees a non-leaf, which torch's FlopCounterMode (zoo bench) needs
+    (grad,) = torch.autograd.grad(critic(x_hat.view_as(x_hat)).sum(), x_hat, create_graph=True)
     return ((grad.float().flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
@@ -234,19 +236,26 @@ class GAN(Model):
         return torch.randn(n, self.latent_dim, generator=generator,
                            device=generator.device).to(self.device)
 
+    def image_shape(self) -> tuple[int, int, int]:
+        c = self.config
+        return c.channels, c.image_size, c.image_size
+
     def decode(self, z: torch.Tensor, label: int | torch.Tensor | None = None) -> torch.Tensor:
         """Latent points -> images in [0, 1]. Conditional models use `label` (default 0)."""
         return ((self(z, label) + 1) / 2).clamp(0, 1)
 
     def forward(self, z: torch.Tensor, label: int | torch.Tensor | None = None) -> torch.Tensor:
-        """The generator: z -> images in [-1, 1]."""
-        return self.generator(self._with_label(z, label))
-
-    def _with_label(self, z: torch.Tensor, label: int | torch.Tensor | None) -> torch.Tensor:
+        """The generator: z -> images in [-1, 1]. Conditional models check `label` (default 0)."""
         if not self.num_classes:
-            return z
-        y = self.labels(label if label is not None else 0, z.shape[0], z.device)
-        return torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], dim=1)
+            return self.generate(z)
+        return self.generate(z, self.labels(0 if label is None else label, z.shape[0], z.device))
+
+    def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The generator on labels known to be valid (the training path: checking them would
+        make the host wait for the GPU every step)."""
+        if y is not None:
+            z = torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], dim=1)
+        return self.generator(z)
 
     def labels(self, label: int | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
         """A label (or one per example) as a checked long tensor of n labels."""
@@ -306,7 +315,7 @@ class DCGAN(GAN):
                       ctx: Any) -> dict[str, torch.Tensor]:
         real, _ = self._real(batch)
         with ctx.autocast():
-            fake = self(self._noise(real.shape[0], real.device))
+            fake = self.generate(self._noise(real.shape[0], real.device))
             real_logits, fake_logits = self.score(real), self.score(fake.detach())
             d_loss = self.d_loss(real_logits.float(), fake_logits.float(), self.config.label_noise)
         ctx.optimize(d_loss, optimizers["discriminator"], "discriminator")
@@ -324,7 +333,7 @@ class DCGAN(GAN):
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Both players' losses on a batch, no update (held-out monitoring, FLOP counts)."""
         real, _ = self._real(batch)
-        fake = self(self._noise(real.shape[0], real.device))
+        fake = self.generate(self._noise(real.shape[0], real.device))
         real_logits, fake_logits = self.score(real).float(), self.score(fake).float()
         d_loss = self.d_loss(real_logits, fake_logits, 0.0)
         g_loss = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
@@ -356,11 +365,11 @@ class WGANGP(GAN):
         for _ in range(self.config.critic_steps):
             with ctx.autocast():
                 with torch.no_grad():
-                    fake = self(self._noise(n, real.device), y)
+                    fake = self.generate(self._noise(n, real.device), y)
                 c_loss, wasserstein, gp = self.critic_loss(real, fake, y)
             ctx.optimize(c_loss, optimizers["critic"], "critic")
         with frozen(self.critic), ctx.autocast():
-            g_loss = -self.score(self(self._noise(n, real.device), y), y).float().mean()
+            g_loss = -self.score(self.generate(self._noise(n, real.device), y), y).float().mean()
         ctx.optimize(g_loss, optimizers["generator"], "generator")
         c_loss, g_loss = c_loss.detach(), g_loss.detach()
         # "loss" is what the trainer watches for NaN/inf: the sum is non-finite if either is
@@ -371,7 +380,7 @@ class WGANGP(GAN):
         """Both players' losses on a batch, no update (held-out monitoring, FLOP counts); the
         penalty needs gradients, so it is 0 under ``torch.no_grad``."""
         real, y = self._real(batch)
-        fake = self(self._noise(real.shape[0], real.device), y)
+        fake = self.generate(self._noise(real.shape[0], real.device), y)
         c_loss, wasserstein, gp = self.critic_loss(real, fake, y)
         g_loss = -self.score(fake, y).float().mean()
         return {"loss": c_loss + g_loss, "c_loss": c_loss, "g_loss": g_loss,
@@ -437,13 +446,25 @@ class PriorSampler(Sampler):
         k = model.num_classes
         if label is not None and not k:
             raise ConfigError(f"a label was given, but {type(model).__name__} is unconditional")
-        if not k:
-            return model.decode(self.latent(model, n, generator))
-        if label is not None:
-            return model.decode(self.latent(model, n, generator), model.labels(label, n, model.device))
-        y = torch.arange(n, device=model.device) % k
-        if self.options.label_grid:
-            z = self.latent(model, -(-n // k), generator).repeat_interleave(k, dim=0)[:n]
-        else:
-            z = self.latent(model, n, generator)
-        return model.decode(z, y)
+        with eval_mode(model):  # batch norm's running statistics, and leave them untouched
+            if not k:
+                return model.decode(self.latent(model, n, generator))
+            if label is not None:
+                y = model.labels(label, n, model.device)
+                return model.decode(self.latent(model, n, generator), y)
+            y = torch.arange(n, device=model.device) % k
+            if self.options.label_grid:
+                z = self.latent(model, -(-n // k), generator).repeat_interleave(k, dim=0)[:n]
+            else:
+                z = self.latent(model, n, generator)
+            return model.decode(z, y)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

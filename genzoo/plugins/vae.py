@@ -9,7 +9,9 @@ images: the prior becomes a sampler.
 
 Both families implement the latent protocol of ``genzoo.core.latent`` (``latent_dim``,
 ``encode``, ``decode``, ``sample_latent``), so ``zoo reconstruct / interpolate / latent-plot /
-attribute`` and the ``prior`` sampler work on them as they will on GANs.
+attribute`` and the ``prior`` sampler work on them as they will on GANs. Both also keep running
+moments of their training embeddings: the autoencoder, having no prior, samples from that
+Gaussian; the VAE offers it as the ``fitted`` sampler next to the book's N(0, I) ``prior``.
 
 What ``log_prob`` reports (nats per image; a lower bound, estimated with importance weighting):
   * ``recon: bce`` (Bernoulli decoder): log p(b) of the *binarised* image b = (x > 0.5). A
@@ -31,8 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genzoo.core import latent
 from genzoo.core.model import Model
-from genzoo.errors import DataError
+from genzoo.core.sampler import Sampler
+from genzoo.errors import ConfigError
 
 
 @dataclass
@@ -50,8 +54,9 @@ class AutoencoderConfig:
             raise ValueError("filters needs at least one entry, e.g. [32, 64, 128]")
         stride = 2 ** len(self.filters)
         if self.image_size % stride:
+            near = stride * max(1, self.image_size // stride)
             raise ValueError(f"image_size {self.image_size} must be divisible by 2**len(filters) "
-                             f"= {stride} (set data.size, e.g. {stride * max(1, self.image_size // stride)})")
+                             f"= {stride} (set data.size, e.g. {near})")
         if self.latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
         if self.channels not in (1, 3):
@@ -77,7 +82,8 @@ class VAEConfig(AutoencoderConfig):
 # -- network ----------------------------------------------------------------------------------
 
 def _act(cfg: AutoencoderConfig) -> nn.Module:
-    return nn.LeakyReLU(0.3) if cfg.activation == "leaky_relu" else nn.ReLU()  # Keras' LeakyReLU slope
+    # 0.3 is Keras' default LeakyReLU slope, which the book's code uses
+    return nn.LeakyReLU(0.3) if cfg.activation == "leaky_relu" else nn.ReLU()
 
 
 def _block(conv: nn.Module, out_channels: int, cfg: AutoencoderConfig) -> nn.Sequential:
@@ -134,6 +140,11 @@ class _ConvLatentModel(Model):
         super().__init__(config)
         self.encoder = Encoder(config, self.z_params * config.latent_dim)
         self.decoder = Decoder(config)
+        # running moments of the training embeddings, for sample_fitted (saved with the weights)
+        d = config.latent_dim
+        self.register_buffer("embed_mean", torch.zeros(d))
+        self.register_buffer("embed_moment2", torch.eye(d))
+        self.register_buffer("embed_updates", torch.zeros(()))
 
     @classmethod
     def config_from_data(cls, data: object) -> dict:
@@ -149,12 +160,7 @@ class _ConvLatentModel(Model):
         return c.channels, c.image_size, c.image_size
 
     def check_images(self, x: torch.Tensor) -> None:
-        if tuple(x.shape[1:]) != self.image_shape():
-            want = "x".join(map(str, self.image_shape()))
-            got = "x".join(map(str, x.shape[1:]))
-            raise DataError(f"this model was trained on {want} images (CxHxW), got {got}; "
-                            f"resize them (data.size={self.config.image_size}, "
-                            f"data.channels={self.config.channels}) or train at that size")
+        latent.check_images(self, x)  # one-line DataError naming the size the model wants
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent points (n, latent_dim) -> images in [0, 1]."""
@@ -173,23 +179,34 @@ class _ConvLatentModel(Model):
     def _mse(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return ((torch.sigmoid(logits.detach().float()) - x) ** 2).mean()
 
+    @torch.no_grad()
+    def track_embeddings(self, z: torch.Tensor) -> None:
+        """Called by ``loss`` in training mode. A running average at first, then an EMA (rate
+        0.05): the embeddings drift while the encoder trains, so old batches should fade."""
+        rate = max(1.0 / float(self.embed_updates + 1), 0.05)
+        z = z.detach().float()
+        self.embed_mean.lerp_(z.mean(0), rate)
+        self.embed_moment2.lerp_(z.T @ z / z.shape[0], rate)
+        self.embed_updates += 1
+
+    def sample_fitted(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """z ~ N(mean, cov) fitted to the training embeddings (N(0, I) before any training)."""
+        mean = self.embed_mean.double()
+        cov = self.embed_moment2.double() - torch.outer(mean, mean)
+        cov = (cov + cov.T) / 2 + 1e-6 * torch.eye(len(mean), dtype=cov.dtype, device=cov.device)
+        scale = torch.linalg.cholesky(cov).float()
+        eps = torch.randn(n, self.latent_dim, generator=generator, device=generator.device)
+        return self.embed_mean + eps.to(self.embed_mean.device) @ scale.T
+
 
 # -- autoencoder ------------------------------------------------------------------------------
 
 class Autoencoder(_ConvLatentModel):
     """The book's plain autoencoder. It has no prior, so ``sample_latent`` draws from a Gaussian
-    fitted to the training embeddings (running moments kept as buffers while training): samples
-    then land where the decoder has seen data, though gaps between clusters still decode badly,
-    which is the point chapter 3 makes before introducing the VAE."""
+    fitted to the training embeddings: samples land where the decoder has seen data, though
+    the gaps between clusters still decode badly, the point chapter 3 makes before the VAE."""
 
     Config = AutoencoderConfig
-
-    def __init__(self, config: AutoencoderConfig):
-        super().__init__(config)
-        d = config.latent_dim
-        self.register_buffer("prior_mean", torch.zeros(d))
-        self.register_buffer("prior_moment2", torch.eye(d))
-        self.register_buffer("prior_updates", torch.zeros(()))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         self.check_images(x)
@@ -201,26 +218,15 @@ class Autoencoder(_ConvLatentModel):
         logits = self.decoder(z)
         recon = self.recon_error(logits, x).mean()
         if self.training:
-            self._track_embeddings(z.detach())
+            self.track_embeddings(z)
         return {"loss": recon, "recon": recon.detach(), "mse": self._mse(logits, x)}
 
-    @torch.no_grad()
-    def _track_embeddings(self, z: torch.Tensor) -> None:
-        # a running average at first, then an EMA: the embeddings drift while the encoder trains
-        rate = max(1.0 / float(self.prior_updates + 1), 0.05)
-        z = z.float()
-        self.prior_mean.lerp_(z.mean(0), rate)
-        self.prior_moment2.lerp_(z.T @ z / z.shape[0], rate)
-        self.prior_updates += 1
+    @property
+    def prior_mean(self) -> torch.Tensor:
+        return self.embed_mean  # the centre `temperature` scales about
 
     def sample_latent(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """z ~ N(mean, cov) fitted to the training embeddings (N(0, I) before any training)."""
-        mean = self.prior_mean.double()
-        cov = self.prior_moment2.double() - torch.outer(mean, mean)
-        cov = (cov + cov.T) / 2 + 1e-6 * torch.eye(len(mean), dtype=cov.dtype, device=cov.device)
-        scale = torch.linalg.cholesky(cov).float()
-        eps = torch.randn(n, self.latent_dim, generator=generator, device=generator.device)
-        return self.prior_mean + eps.to(self.prior_mean.device) @ scale.T
+        return self.sample_fitted(n, generator)
 
 
 # -- variational autoencoder ------------------------------------------------------------------
@@ -259,6 +265,8 @@ class VAE(_ConvLatentModel):
         recon = self.recon_error(logits, x)
         kl = 0.5 * (z_mean ** 2 + z_log_var.exp() - 1 - z_log_var).sum(1)
         loss = (self.config.beta * recon + kl).mean()
+        if self.training:
+            self.track_embeddings(z_mean)
         with torch.no_grad():  # one-sample ELBO in the nats log_prob reports
             elbo = (self.log_px(x, logits) - kl).mean()
         return {"loss": loss, "recon": recon.mean().detach(), "kl": kl.mean().detach(),
@@ -268,29 +276,35 @@ class VAE(_ConvLatentModel):
         """log p(x|z) per example, in nats of the likelihood described in the module docstring."""
         logits = logits.float()
         if self.config.recon == "bce":
-            binary = (x > 0.5).float()
-            return -F.binary_cross_entropy_with_logits(logits, binary, reduction="none").flatten(1).sum(1)
+            bce = F.binary_cross_entropy_with_logits(logits, (x > 0.5).float(), reduction="none")
+            return -bce.flatten(1).sum(1)
         return discretised_gaussian_log_prob(x, torch.sigmoid(logits), self.sigma)
 
     @torch.no_grad()
     def log_prob(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
-        """Importance-weighted lower bound (Burda et al. 2016) on log p(x) in nats, k samples
-        from q(z|x); k=1 is the ELBO. Noise comes from a fixed generator: evaluation is repeatable."""
+        """Importance-weighted lower bound (Burda et al. 2016) on log p(x) in nats, from k
+        samples of q(z|x): log mean_i p(x, z_i) / q(z_i|x). k=1 is the ELBO; the bound tightens
+        as k grows. The noise comes from a fixed generator, so evaluation is repeatable."""
         k = k or self.config.iw_samples
+        return torch.logsumexp(self.log_weights(x, k), 0) - math.log(k)
+
+    @torch.no_grad()
+    def log_weights(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x) per image: (k, n)."""
         was_training = self.training
         self.eval()  # batch norm must use its running statistics
         try:
             z_mean, z_log_var = self.encode_dist(x)
             std = torch.exp(0.5 * z_log_var)
             g = torch.Generator().manual_seed(0)
-            log_w = []
+            out = []
             for _ in range(k):
                 eps = torch.randn(z_mean.shape, generator=g).to(z_mean.device)
                 z = z_mean + std * eps
-                # log p(z) - log q(z|x); the 2*pi terms cancel
+                # log N(z; 0, I) - log N(z; mean, std^2): the 2 pi terms cancel
                 log_ratio = (0.5 * (eps ** 2 - z ** 2) + 0.5 * z_log_var).sum(1)
-                log_w.append(self.log_px(x, self.decoder(z)) + log_ratio)
-            return torch.logsumexp(torch.stack(log_w), 0) - math.log(k)
+                out.append(self.log_px(x, self.decoder(z)) + log_ratio)
+            return torch.stack(out)
         finally:
             self.train(was_training)
 
@@ -306,3 +320,21 @@ def discretised_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, sigma: fl
     p = torch.where(a > 0, torch.special.ndtr(-a) - torch.special.ndtr(-b),
                     torch.special.ndtr(b) - torch.special.ndtr(a))
     return p.clamp_min(1e-300).log().flatten(1).sum(1).float()
+
+
+class FittedSampler(Sampler):
+    """Decode draws from a Gaussian fitted to the training embeddings (a VAE's posterior means)
+    instead of from the prior: "ex-post density estimation" (Ghosh et al. 2020). After short
+    training the encodings rarely fill N(0, I), so prior draws land where the decoder has seen
+    little data and decode to blends; these land among the encodings."""
+
+    name = "fitted"
+    Options = latent.PriorOptions
+
+    def sample(self, model: _ConvLatentModel, n: int, generator: torch.Generator,
+               **_: object) -> torch.Tensor:
+        t = self.options.temperature
+        if t <= 0:
+            raise ConfigError(f"temperature must be > 0, got {t}")
+        z = model.sample_fitted(n, generator)
+        return latent.decode(model, model.embed_mean + t * (z - model.embed_mean))
