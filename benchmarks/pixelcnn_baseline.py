@@ -10,13 +10,13 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import genzoo
+from genzoo.core.bench import timeit
 from genzoo.core.checkpoint import Run
 from genzoo.core.data import DataConfig, load
 from genzoo.core.trainer import StepContext, TrainConfig, Trainer
@@ -50,23 +50,6 @@ def bare_model(f=128, blocks=5, levels=4):
     return nn.Sequential(*layers)
 
 
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, repeats, dev):
-    fn()
-    sync(dev)
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync(dev)
-        out.append(time.perf_counter() - t)
-    return out
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
@@ -92,7 +75,7 @@ def main():
             loss.backward()
             opt.step()
 
-    results["bare_pytorch_train"] = [a.steps * a.batch_size / t for t in timed(bare_steps, a.repeats, dev)]
+    results["bare_pytorch_train"] = [a.steps * a.batch_size / t for t in timeit(bare_steps, a.repeats, 1, dev)]
 
     model = genzoo.create_model("pixelcnn", preset="book").to(dev)
     cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=5e-4, grad_clip=None, amp="none",
@@ -104,19 +87,19 @@ def main():
         for _ in range(a.steps):
             model.training_step({"x": x}, opts, ctx)
 
-    results["genzoo_training_step"] = [a.steps * a.batch_size / t for t in timed(genzoo_steps, a.repeats, dev)]
+    results["genzoo_training_step"] = [a.steps * a.batch_size / t for t in timeit(genzoo_steps, a.repeats, 1, dev)]
 
     def genzoo_loop():
         with tempfile.TemporaryDirectory() as d:
             Trainer(model, data, cfg, Run.create("bench", d + "/r"), None, progress=False).fit()
 
-    results["genzoo_trainer_loop"] = [a.steps * a.batch_size / t for t in timed(genzoo_loop, a.repeats, dev)]
+    results["genzoo_trainer_loop"] = [a.steps * a.batch_size / t for t in timeit(genzoo_loop, a.repeats, 1, dev)]
 
     model.eval()
     for sampler in (NaiveSampler(), CachedSampler()):
         with torch.no_grad():
-            times = timed(lambda: sampler.sample(model, 16, torch.Generator().manual_seed(0)),
-                          max(2, a.repeats // 2), dev)
+            times = timeit(lambda: sampler.sample(model, 16, torch.Generator().manual_seed(0)),
+                           max(2, a.repeats // 2), 1, dev)
         results[f"sample16_{sampler.name}_s"] = times
 
     summary = {k: statistics.median(v) for k, v in results.items()}
