@@ -20,19 +20,44 @@ class ZooGroup(click.Group):
     """Turns genzoo's own errors (user mistakes) into one line and exit code 2; anything else is
     a bug and keeps its traceback."""
 
+    _plugins_loaded = False
+
+    def _plugin_commands(self) -> None:
+        if not ZooGroup._plugins_loaded:
+            ZooGroup._plugins_loaded = True
+            _load_plugin_commands(self)
+
+    def get_command(self, ctx: click.Context, name: str) -> Any:
+        cmd = super().get_command(ctx, name)
+        if cmd is None:
+            self._plugin_commands()
+            cmd = super().get_command(ctx, name)
+        return cmd
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._plugin_commands()
+        return super().list_commands(ctx)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except GenzooError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
-            click.echo("interrupted; the last checkpoint is kept (resume with --resume RUN)", err=True)
+            run = getattr(sys.exc_info()[1], "run", None)
+            where = f"zoo train --resume {run}" if run else "zoo train --resume RUN"
+            click.echo(f"interrupted; the last checkpoint is kept (continue with: {where})", err=True)
             sys.exit(130)
 
 
 def _console() -> Any:
+    """Rich console; when stdout is not a terminal (``zoo bench > log``) a wide fixed width, so
+    tables keep their columns instead of wrapping into 8-character slivers."""
     from rich.console import Console
-    return Console()
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    return console
 
 
 def _registry() -> Any:
@@ -61,7 +86,8 @@ def cli() -> None:
 @click.argument("pattern", required=False)
 @click.option("--tag", "tags", multiple=True, help="Only entries with this tag (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def list_cmd(pattern: str | None, tags: tuple[str, ...], as_json: bool) -> None:
+@click.option("--markdown", is_flag=True, help="Print the README's families table (Markdown).")
+def list_cmd(pattern: str | None, tags: tuple[str, ...], as_json: bool, markdown: bool) -> None:
     """List models in the registry, optionally filtered by a wildcard PATTERN.
 
     \b
@@ -71,6 +97,10 @@ def list_cmd(pattern: str | None, tags: tuple[str, ...], as_json: bool) -> None:
       zoo list --tag likelihood --json
     """
     entries = _registry().list(pattern, tags)
+    if markdown:
+        from genzoo.core.catalogue import markdown_table
+        click.echo(markdown_table(entries))
+        return
     if as_json:
         click.echo(json.dumps([{
             "name": e.name, "family": e.family, "chapter": e.chapter, "summary": e.summary,
@@ -152,7 +182,7 @@ def _print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...
     from rich.table import Table
     table = Table(title=title)
     for col in columns:
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", min_width=min(len(col), 12))
     for row in rows:
         table.add_row(*row)
     _console().print(table)
@@ -285,7 +315,7 @@ def train(name: str | None, **kw: Any) -> None:
 @cli.command("run")
 @click.argument("name")
 @train_options
-@click.option("--n", "n", default=64, show_default=True, help="Samples in the final grid.")
+@click.option("--n", "n", default=64, show_default=True, help="Samples drawn at the end.")
 def run_cmd(name: str, n: int, **kw: Any) -> None:
     """Train NAME with the quick preset, then sample: the five-minute tour.
 
@@ -296,13 +326,12 @@ def run_cmd(name: str, n: int, **kw: Any) -> None:
     from genzoo import api
     run = _do_train(name, resume=None, **kw)
     loaded = api.load_run(run.path)
-    seed = loaded.config["train"]["seed"]
-    images = loaded.sample(n, seed=seed)
-    grid = api.save_grid(images, run.path / "samples" / "final.png")
-    _report(run, grid)
+    out = loaded.sample(n, seed=loaded.config["train"]["seed"])
+    paths = loaded.write(out, run.path / "samples" / "final")
+    _report(run, paths, out)
 
 
-def _report(run: Any, grid: Path | None = None) -> None:
+def _report(run: Any, paths: list[Path] | None = None, out: Any = None) -> None:
     tests = [m for m in run.metrics() if m.get("split") == "test"]
     c = _console()
     c.print(f"run:      {run.path}")
@@ -311,9 +340,20 @@ def _report(run: Any, grid: Path | None = None) -> None:
         extra = ", ".join(f"{k} {v:.4g}" for k, v in tests[-1].items()
                           if k not in ("step", "split") and isinstance(v, float))
         c.print(f"test:     {extra}")
-    if grid is not None:
-        c.print(f"samples:  {grid}")
+    for p in paths or []:
+        c.print(f"samples:  {p}")
+    if out is not None:
+        _preview(out)
     c.print(f"loss:     {run.path / 'loss.png'}")
+
+
+def _preview(out: Any) -> None:
+    from genzoo.core.sample import preview
+    for line in preview(out):
+        click.echo(line)
+
+
+SHOWS = ("chain", "process", "attention", "probs")
 
 
 @cli.command()
@@ -321,30 +361,46 @@ def _report(run: Any, grid: Path | None = None) -> None:
 @click.option("--n", default=64, show_default=True, help="Number of samples.")
 @click.option("--sampler", "sampler_name", help="Sampler name (default: the run's).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Sampler option, e.g. temperature=0.8.")
+@click.option("--prompt", help="Text to continue (text and music models).")
 @click.option("--label", type=int, help="Class label for conditional models (e.g. cgan).")
+@click.option("--show", "shows", multiple=True, metavar="VIEW",
+              help="Extra view the sampler offers (chain, process, attention, probs...).")
+@click.option("--show-chain", is_flag=True, help="Langevin chains at chosen steps (EBM).")
+@click.option("--show-process", is_flag=True, help="The reverse diffusion process at chosen steps.")
+@click.option("--show-attention", is_flag=True, help="Which earlier tokens each new token attended to.")
+@click.option("--show-probs", is_flag=True, help="Top next-token probabilities at each step.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--out", type=click.Path(), help="PNG path (default RUN/samples/sample-SEED.png).")
+@click.option("--out", type=click.Path(), help="Output stem; the writer adds .png/.txt/... "
+              "(default RUN/samples/sample-SAMPLER-SEED).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--no-ema", is_flag=True, help="Use raw weights even when EMA weights exist.")
-def sample(run: str, n: int, sampler_name: str | None, sets: tuple[str, ...], label: int | None,
-           seed: int, out: str | None, device: str, no_ema: bool) -> None:
-    """Draw N samples from a trained RUN and save them as a grid.
+def sample(run: str, n: int, sampler_name: str | None, sets: tuple[str, ...], prompt: str | None,
+           label: int | None, shows: tuple[str, ...], show_chain: bool, show_process: bool,
+           show_attention: bool, show_probs: bool, seed: int, out: str | None, device: str,
+           no_ema: bool) -> None:
+    """Draw N samples from a trained RUN and write them the way their modality is looked at:
+    image grids, text files (also printed), point scatters.
 
     \b
     Examples:
       zoo sample runs/pixelcnn-20261125-101500
       zoo sample runs/pixelcnn-20261125-101500 --sampler naive --set temperature=0.7 --n 16
+      zoo sample runs/lstm-20261127-101500 --prompt "recipe for" --set temperature=0.5 --n 3
     """
     from genzoo import api
     from genzoo.core.config import parse_set
     if n < 1:
         raise click.BadParameter("must be >= 1", param_hint="--n")
+    flags = dict(zip(SHOWS, (show_chain, show_process, show_attention, show_probs)))
+    views = tuple(shows) + tuple(k for k, on in flags.items() if on)
     loaded = api.load_run(run, ema=not no_ema, device=device)
-    inputs = {} if label is None else {"label": label}
-    images = loaded.sample(n, seed=seed, sampler=sampler_name, inputs=inputs, **parse_set(sets))
-    path = Path(out) if out else loaded.run.samples_dir / f"sample-{sampler_name or loaded.config.get('sampler')}-{seed}.png"
-    api.save_grid(images, path)
-    click.echo(f"wrote {n} samples to {path}")
+    inputs = {"label": label, "prompt": prompt, "show": views}
+    result = loaded.sample(n, seed=seed, sampler=sampler_name, inputs=inputs, **parse_set(sets))
+    name = sampler_name or loaded.config.get("sampler")
+    stem = Path(out).with_suffix("") if out else loaded.run.samples_dir / f"sample-{name}-{seed}"
+    for path in loaded.write(result, stem):
+        click.echo(f"wrote {path}")
+    _preview(result)
 
 
 @cli.command("eval")
@@ -399,16 +455,20 @@ def bench(names: tuple[str, ...], device: str, repeats: int, batch_size: int | N
         click.echo(f"wrote {json_out}")
 
 
-def _load_plugin_commands() -> None:
-    """Let plugins add commands; one broken plugin must not break the CLI."""
+def _load_plugin_commands(group: click.Group) -> None:
+    """Let plugins (built-in ones included) add commands; one broken plugin must not break
+    the CLI: it is marked failed and shown by `zoo plugins`."""
     try:
         from genzoo.core.plugins import host
         h = host()
         h.load()
         for info, fn in h.implementations("register_commands"):
             try:
-                fn(cli=cli)
+                fn(cli=group)
             except Exception as e:
+                from genzoo.core.plugins import BUILTIN, strict
+                if strict() or info.source == BUILTIN:
+                    raise
                 h.fail(info, e)
     except Exception as e:
         from genzoo.core.plugins import strict
@@ -418,12 +478,4 @@ def _load_plugin_commands() -> None:
 
 
 def main() -> None:
-    _load_plugin_commands()
     cli(prog_name="zoo")
-
-
-# latent-space tools (autoencoders, VAEs, GANs): zoo reconstruct / interpolate / latent-plot / attribute
-from genzoo.commands.latent import COMMANDS as _LATENT_COMMANDS  # noqa: E402
-
-for _command in _LATENT_COMMANDS:
-    cli.add_command(_command)

@@ -14,9 +14,19 @@ def test_embedded_images_are_split_resized_and_in_range():
     train = load(DataConfig(name="fashion-mnist-1k", size=16), "train")
     test = load(DataConfig(name="fashion-mnist-1k", size=16), "test")
     assert len(train) == 900 and len(test) == 100
-    assert train.x.shape[1:] == (1, 16, 16) and train.x.dtype == torch.float32
-    assert 0 <= float(train.x.min()) and float(train.x.max()) <= 1
+    # held as uint8 (a quarter of float32's memory); floats in [0, 1] only per batch on the device
+    assert train.x.shape[1:] == (1, 16, 16) and train.x.dtype == torch.uint8
+    batch = train.to_device(train.batch(torch.arange(8)), torch.device("cpu"))
+    assert batch["x"].dtype == torch.float32 and batch["x"].shape == (8, 1, 16, 16)
+    assert 0 <= float(batch["x"].min()) and float(batch["x"].max()) <= 1
+    assert torch.equal(batch["x"], train.x[:8].float() / 255)
     assert train.classes[0] == "T-shirt/top" and train.y.max() == 9
+
+
+def test_pad_adds_black_borders():
+    data = load(DataConfig(name="mnist-5k", pad=2, limit=10))
+    assert data.x.shape[1:] == (1, 32, 32)
+    assert int(data.x[:, :, :2].max()) == 0 and int(data.x[:, :, :, -2:].max()) == 0
 
 
 def test_twemoji_categories_are_attributes_and_channels_convert():
@@ -31,7 +41,10 @@ def test_twemoji_categories_are_attributes_and_channels_convert():
 def test_text_corpus_batches_are_shifted_windows():
     data = load(DataConfig(name="tinyshakespeare", seq_len=32))
     batch = data.batch(torch.tensor([0, 5]))["x"]
-    assert batch.shape == (2, 33) and len(data.vocab) == 65
+    assert batch.shape == (2, 33) and len(data.tokenizer) == 65
+    # consecutive windows overlap by one token: row i's last target is row i+1's first input
+    assert torch.equal(data.rows[0, -1], data.rows[1, 0])
+    assert data.tokenizer.decode(data.rows[0].tolist()).startswith("First Citizen:")
 
 
 def make_celeba_like(folder, n=12, size=(40, 48)):

@@ -235,7 +235,7 @@ def test_cgan_label_and_label_grid(runs):
 
 
 def test_interpolation_works_on_a_gan_run(runs, tmp_path):
-    from genzoo.core import latent
+    from genzoo.plugins import latent
     model = api.load_run(runs["dcgan"].path).model
     z0, z1 = latent.endpoints(model, 2, torch.Generator().manual_seed(0))
     grid = latent.interpolation_grid(model, z0, z1, steps=5)

@@ -70,7 +70,7 @@ def test_sampler_options_temperature_top_k_and_size():
 def test_log_prob_matches_loss_in_nats_and_bits():
     model = tiny()
     x = torch.rand(4, 1, 8, 8)
-    lp = model.log_prob(x)
+    lp = model.log_prob({"x": x})
     with torch.no_grad():
         out = model.loss({"x": x})
     assert lp.shape == (4,)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import genzoo
 from genzoo.cli import cli
-from genzoo.core import latent
+from genzoo.plugins import latent
 from genzoo.core.data import DataConfig, load
 from genzoo.errors import ConfigError
 from genzoo.plugins.vae import (Autoencoder, AutoencoderConfig, VAE, VAEConfig,
@@ -98,13 +98,13 @@ def test_discretised_gaussian_is_a_distribution_over_the_256_levels():
 def test_log_prob_is_a_repeatable_bound_tighter_than_the_elbo(recon):
     model = tiny_vae(recon=recon, beta=200.0)
     x = torch.rand(6, 1, 16, 16)
-    iw = model.log_prob(x, k=32)
-    assert iw.shape == (6,) and torch.equal(iw, model.log_prob(x, k=32))  # fixed noise
+    iw = model.log_prob({"x": x}, k=32)
+    assert iw.shape == (6,) and torch.equal(iw, model.log_prob({"x": x}, k=32))  # fixed noise
     assert (iw < 0).all()  # log of a probability of a discrete image
     log_w = model.log_weights(x, 32)
     assert torch.allclose(iw, torch.logsumexp(log_w, 0) - math.log(32))
     assert (iw >= log_w.mean(0)).all()  # Jensen: never looser than the 32-sample ELBO
-    assert torch.equal(model.log_prob(x, k=1), log_w[0])
+    assert torch.equal(model.log_prob({"x": x}, k=1), log_w[0])
     assert not model.training
 
 

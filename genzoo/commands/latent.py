@@ -1,4 +1,4 @@
-"""``zoo reconstruct / interpolate / latent-plot / attribute``: genzoo.core.latent's tools on a
+"""``zoo reconstruct / interpolate / latent-plot / attribute``: genzoo.plugins.latent's tools on a
 trained RUN of any latent family (autoencoder, VAE, GAN). Grids and plots are written as PNGs.
 
 Only click is imported here; torch and the run's family load inside the commands.
@@ -83,17 +83,17 @@ def reconstruct(run: str, n: int, data_name: str | None, split: str, sets: tuple
       zoo reconstruct runs/vae-faces-20261125-101500 --data folder:~/faces --n 32
     """
     from genzoo import api
-    from genzoo.core import latent
+    from genzoo.plugins import latent
     if n < 1:
         raise click.BadParameter("must be >= 1", param_hint="--n")
     loaded = _load(run, device, no_ema)
     latent.require_encoder(loaded.model, _what(loaded, "reconstruct"))
     data = _data(loaded, data_name, sets, split)
-    x = data.x[_pick(len(data), n, seed)]
+    x = data.images(_pick(len(data), n, seed))
     per_row = min(8, len(x))
     grid = latent.reconstruction_grid(x, latent.reconstruct(loaded.model, x), per_row)
     path = api.save_grid(grid, _out(loaded, out, f"reconstruct-{split}.png"), nrow=per_row)
-    err = latent.reconstruction_error(loaded.model, data.x[:2000])
+    err = latent.reconstruction_error(loaded.model, data.images(slice(0, 2000)))
     click.echo(f"reconstruction MSE {err['mse']:.4f} per pixel on {min(len(data), 2000)} {split} "
                f"images; the mean image scores {err['mean_image_mse']:.4f} "
                f"({err['ratio']:.1f}x worse)")
@@ -126,7 +126,7 @@ def interpolate(run: str, pairs: int, steps: int, method: str, from_prior: bool,
     """
     import torch
     from genzoo import api
-    from genzoo.core import latent
+    from genzoo.plugins import latent
     if pairs < 1:
         raise click.BadParameter("must be >= 1", param_hint="--pairs")
     if steps < 2:
@@ -142,7 +142,7 @@ def interpolate(run: str, pairs: int, steps: int, method: str, from_prior: bool,
         if len(data) < 2 * pairs:
             raise click.BadParameter(f"the {split} split has only {len(data)} images",
                                      param_hint="--pairs")
-        x = data.x[_pick(len(data), 2 * pairs, seed)]
+        x = data.images(_pick(len(data), 2 * pairs, seed))
         z0, z1 = latent.endpoints(model, pairs, g, images=x)
         ends = (x[:pairs], x[pairs:])
         source = "encoded"
@@ -171,12 +171,12 @@ def latent_plot(run: str, limit: int, color_by: str | None, data_name: str | Non
       zoo latent-plot runs/vae-fashion-20261125-101500
       zoo latent-plot runs/vae-faces-20261125-101500 --color-by "Smileys & Emotion"
     """
-    from genzoo.core import latent
+    from genzoo.plugins import latent
     loaded = _load(run, device, no_ema)
     latent.require_encoder(loaded.model, _what(loaded, "latent-plot"))
     data = _data(loaded, data_name, sets, split)
     idx = _pick(len(data), limit, seed).sort().values
-    z = latent.encode(loaded.model, data.x[idx])
+    z = latent.encode(loaded.model, data.images(idx))
     labels, classes = None, list(data.classes)
     if color_by:
         labels = latent.attribute_mask(data, color_by)[idx].long()
@@ -217,7 +217,7 @@ def attribute(run: str, attribute: str, scales: str, n: int, limit: int, unit: b
     """
     import re
     from genzoo import api
-    from genzoo.core import latent
+    from genzoo.plugins import latent
     factors = latent.parse_scales(scales)
     loaded = _load(run, device, no_ema)
     model = loaded.model
@@ -225,10 +225,10 @@ def attribute(run: str, attribute: str, scales: str, n: int, limit: int, unit: b
     train = _data(loaded, data_name, sets, "train")
     has = latent.attribute_mask(train, attribute)
     idx = _pick(len(train), limit, seed)
-    z = latent.encode(model, train.x[idx])
+    z = latent.encode(model, train.images(idx))
     vector = latent.attribute_vector(z, has[idx], attribute, unit=unit)
     shown = _data(loaded, data_name, sets, split)
-    x = shown.x[_pick(len(shown), n, seed)]
+    x = shown.images(_pick(len(shown), n, seed))
     grid = latent.attribute_grid(model, x, vector, factors)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", attribute).strip("-") or "attribute"
     path = api.save_grid(grid, _out(loaded, out, f"attribute-{slug}.png"), nrow=1 + len(factors))

@@ -42,14 +42,16 @@ def record(model: str, device: torch.device, metric: str, setting: str, values: 
 
 def bench_data(p: Any, batch_size: int) -> Any:
     """Real data when it is at hand (embedded, cached), else uniform noise of the right shape."""
-    from genzoo.api import _DataShape
     from genzoo.core.data import load
+    from genzoo.core.factory import DataShape
     try:
         cfg = p.data
         cfg.download = False
         return load(cfg, "train")
     except Exception:
-        shape = _DataShape.of(p)
+        shape = DataShape.of(p)
+        if shape.modality != "image" or not shape.shape:
+            raise
         from genzoo.core.data import ImageData
         g = torch.Generator().manual_seed(0)
         n = max(batch_size * 2, 256)
@@ -60,21 +62,25 @@ def bench_data(p: Any, batch_size: int) -> Any:
 def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: int = 5,
                 batch_size: int | None = None, n_samples: int = 16,
                 steps_per_repeat: int = 10) -> list[dict[str, Any]]:
-    from genzoo import api
+    from genzoo.core.factory import build_model, plan
+    from genzoo.core.registry import registry
+    from genzoo.core.sampler import draw
     dev = pick_device(device)
-    p = api.plan(name, preset, {"train.device": device})
+    p = plan(name, preset, {"train.device": device})
     bs = batch_size or p.train.batch_size
     p.train.batch_size = bs
     data = bench_data(p, bs)
     torch.manual_seed(0)
-    model = api.build_model(p, data).to(dev)
+    model = build_model(p, data)
+    model.setup(data)
+    model.to(dev)
     out: list[dict[str, Any]] = []
     setting = f"preset={preset} batch={bs} params={model.num_params()}"
 
     # bare step: the model's own training_step, no loop around it
     from genzoo.core.data import StepBatches
     batches = StepBatches(data, bs, 0)
-    cached = [{k: v.to(dev) for k, v in batches(i).items()} for i in range(min(4, batches.per_epoch))]
+    cached = [data.to_device(batches(i), dev) for i in range(min(4, batches.per_epoch))]
     optimizers = model.configure_optimizers(p.train)
     ctx = StepContext(dev, p.train.amp, p.train.grad_clip)
     model.train()
@@ -107,17 +113,17 @@ def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: i
                           [flops / bs], "FLOP"))
 
     model.eval()
-    family = api.registry().get_family(p.entry.family)
+    family = registry().get_family(p.entry.family)
     for sname in family.samplers:
         sampler = family.sampler_class(sname)()
-        with torch.no_grad():
-            def draw() -> None:
-                sampler.sample(model, n_samples, torch.Generator().manual_seed(0))
-            first = timeit(draw, 1, 1, dev)[0]
-            reps = repeats if first < 5 else max(2, min(repeats, 3))
-            times = [first] + timeit(draw, reps - 1, 0, dev)
+
+        def one() -> None:
+            draw(model, sampler, n_samples, torch.Generator().manual_seed(0), family=family.name)
+        first = timeit(one, 1, 1, dev)[0]
+        reps = repeats if first < 5 else max(2, min(repeats, 3))
+        times = [first] + timeit(one, reps - 1, 0, dev)
         out.append(record(name, dev, "sample_latency", f"sampler={sname} n={n_samples}",
-                          [t / n_samples for t in times], "s/image"))
+                          [t / n_samples for t in times], "s/sample"))
     return out
 
 
@@ -138,13 +144,16 @@ def train_flops(model: Any, batch: dict[str, torch.Tensor], optimizers: Any, ctx
 def print_records(records: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
+    console = Console()
+    if not console.is_terminal:  # `zoo bench > log`: keep columns readable
+        console = Console(width=200)
     table = Table(title="genzoo bench (median of repeats)")
     for col in ("model", "device", "metric", "setting", "median", "min", "max", "unit"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", min_width=len(col))
     for r in records:
         table.add_row(r["model"], r["device"], r["metric"], r["setting"], f"{r['median']:.4g}",
                       f"{r['min']:.4g}", f"{r['max']:.4g}", r["unit"])
-    Console().print(table)
+    console.print(table)
     by = {}
     for r in records:
         if r["metric"] == "sample_latency":
@@ -152,4 +161,4 @@ def print_records(records: list[dict[str, Any]]) -> None:
     for model, s in by.items():
         if "sampler=naive" in s and len(s) > 1:
             fastest = min(v for k, v in s.items() if k != "sampler=naive")
-            Console().print(f"{model}: fastest sampler is {s['sampler=naive'] / fastest:.1f}x the naive one")
+            console.print(f"{model}: fastest sampler is {s['sampler=naive'] / fastest:.1f}x the naive one")

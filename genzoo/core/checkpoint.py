@@ -23,6 +23,8 @@ WEIGHTS = "model.safetensors"
 EMA_WEIGHTS = "model_ema.safetensors"
 TRAINER_TENSORS = "trainer.safetensors"
 TRAINER_JSON = "trainer.json"
+ARTIFACT_TENSORS = "artifacts.safetensors"
+ARTIFACT_JSON = "artifacts.json"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 PREFIXES = ("_orig_mod.", "module.")  # added by torch.compile and DDP
@@ -113,6 +115,48 @@ def _few(items: Iterable[str], n: int = 4) -> str:
     return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
 
 
+# -- family artifacts (Model.artifacts / Model.load_artifacts) --------------------------------
+
+def save_artifacts(model: Any, folder: Path, metadata: dict[str, str] | None = None) -> None:
+    """Tensors to artifacts.safetensors, everything else to artifacts.json; nothing when the
+    family keeps no extra state."""
+    items = model.artifacts() if hasattr(model, "artifacts") else {}
+    if not items:
+        return
+    tensors = {k: v for k, v in items.items() if isinstance(v, torch.Tensor)}
+    rest = {k: v for k, v in items.items() if not isinstance(v, torch.Tensor)}
+    if tensors:
+        save_tensors(Path(folder) / ARTIFACT_TENSORS, tensors, metadata)
+    if rest:
+        write_json(Path(folder) / ARTIFACT_JSON, {"step": (metadata or {}).get("genzoo_step"),
+                                                  "artifacts": rest})
+
+
+def load_artifacts(model: Any, folder: Path) -> None:
+    folder = Path(folder)
+    items: dict[str, Any] = {}
+    if (folder / ARTIFACT_TENSORS).exists():
+        items.update(load_tensors(folder / ARTIFACT_TENSORS))
+    if (folder / ARTIFACT_JSON).exists():
+        obj = read_json(folder / ARTIFACT_JSON)
+        if not isinstance(obj, dict) or not isinstance(obj.get("artifacts"), dict):
+            raise CheckpointError(f"{folder / ARTIFACT_JSON} is not a genzoo artifacts file")
+        items.update(obj["artifacts"])
+    if items or type(model).load_artifacts is not _base_load_artifacts():
+        try:
+            model.load_artifacts(items)
+        except CheckpointError:
+            raise
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise CheckpointError(f"the run's artifacts in {folder} do not fit this model "
+                                  f"({type(e).__name__}: {e})") from None
+
+
+def _base_load_artifacts() -> Any:
+    from genzoo.core.model import Model
+    return Model.load_artifacts
+
+
 # -- optimizer state without pickle ------------------------------------------------------------
 
 def optimizer_to_tensors(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -166,12 +210,35 @@ class Run:
                 out = Path("runs") / f"{name}-{stamp}-{i}"
                 i += 1
         path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise CheckpointError(f"--out {path} is a file; give a folder for the run")
         if (path / CONFIG).exists():
             raise CheckpointError(f"{path} already holds a run; resume it with --resume {path} "
                                   "or choose another --out")
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "samples").mkdir(exist_ok=True)
-        return cls(path)
+        created = not path.exists()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "samples").mkdir(exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(f"cannot create the run folder {path}: {e.strerror}") from None
+        run = cls(path)
+        run.created = created
+        return run
+
+    created = False
+
+    def discard(self) -> None:
+        """Undo ``create`` after a failed start: the folder if we made it, else our files."""
+        import shutil
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for name in (CONFIG, METRICS):
+            (self.path / name).unlink(missing_ok=True)
+        try:
+            (self.path / "samples").rmdir()
+        except OSError:
+            pass
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Run":

@@ -1,9 +1,17 @@
-"""Datasets: the ``data`` config section, sources (embedded, torchvision, kaggle, folder), and a
+"""Datasets: the ``data`` config section, the Dataset interface, the built-in loaders, and a
 deterministic batch order.
 
-Image datasets load into memory as float tensors in [0, 1], shape (N, C, H, W): the embedded and
-book datasets are small, and in-memory tensors make a step's batch a single index op. Large
-folders can be capped with ``limit``. Decoded folders are cached under the data root.
+A dataset is named in the registry (``DatasetSpec``) and built by a *loader*: a function
+``load(spec, cfg, split) -> Dataset`` named lazily as ``module:attr``. The built-in sources
+(embedded, torchvision, kaggle, folder, text, points) are such loaders (``SOURCES``); a plugin adds
+a data source by registering a dataset with ``loader="pkg.mod:load_x"``, without touching core.
+
+The Dataset interface (duck-typed; ``Dataset`` below documents it):
+- ``len(data)``, ``data.modality`` (image | text | points | events), ``data.shape`` (one example);
+- ``data.batch(index) -> dict`` of host tensors (images stay uint8: a quarter of float32's RAM);
+- ``data.to_device(batch, device) -> dict``: moves a batch and converts it for the model (images
+  become floats in [0, 1] on the device);
+- ``data.to(device)``: optionally keep the whole (small) set on the device.
 """
 from __future__ import annotations
 
@@ -14,11 +22,20 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from genzoo.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+SOURCES: dict[str, str] = {
+    "embedded": "genzoo.core.data:load_embedded",
+    "torchvision": "genzoo.core.data:load_torchvision",
+    "kaggle": "genzoo.core.data:load_kaggle",
+    "folder": "genzoo.core.data:load_folder",
+    "text": "genzoo.core.text:load_text",
+    "points": "genzoo.core.data:load_points",
+}
 
 
 @dataclass
@@ -32,7 +49,12 @@ class DataConfig:
     root: str | None = None  # data root for downloads; default $GENZOO_DATA or ~/.cache/genzoo
     download: bool = True
     test_fraction: float = 0.1  # held-out share when the source has no official split
-    seq_len: int = 128  # text datasets: characters per training example
+    seq_len: int = 128  # text: tokens per training example (the model sees seq_len, predicts the next)
+    tokenizer: Literal["word", "char"] | None = None  # text: None = the dataset's default
+    vocab_size: int = 10_000  # text, word level: most frequent words kept (book: 10,000)
+    points: int = 3000  # generated point sets: how many (book: 3,000 two-moons points)
+    noise: float = 0.05  # generated point sets: noise of the generator (book: 0.05)
+    pad: int = 0  # images: zero pixels added on each side (the book pads 28x28 to 32x32)
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -44,16 +66,47 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path.home() / ".cache" / "genzoo" / "data"
 
 
-@dataclass
-class ImageData:
-    """Images in [0, 1] plus optional labels and binary attributes, all in memory."""
+class Dataset:
+    """Documents the interface loaders return; the built-in datasets follow it."""
 
-    x: Any  # float tensor (N, C, H, W)
+    modality: str = "image"
+    name: str = ""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def batch(self, index: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_device(self, batch: dict[str, Any], device: Any) -> dict[str, Any]:
+        return {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v
+                for k, v in batch.items()}
+
+    def to(self, device: Any) -> "Dataset":
+        return self
+
+
+@dataclass
+class ImageData(Dataset):
+    """uint8 images (N, C, H, W) plus optional labels and binary attributes, all in memory;
+    batches become floats in [0, 1] only on the device (``to_device``)."""
+
+    x: Any  # uint8 tensor (N, C, H, W)
     y: Any = None  # long tensor (N,) or None
     classes: list[str] = field(default_factory=list)
     attributes: Any = None  # bool tensor (N, A) or None
     attribute_names: list[str] = field(default_factory=list)
     name: str = ""
+    modality: str = "image"
+
+    def __post_init__(self) -> None:
+        import torch
+        if self.x.dtype != torch.uint8:  # floats in [0, 1] (tests, generated data)
+            self.x = (self.x.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -66,87 +119,102 @@ class ImageData:
             out["attributes"] = self.attributes[index]
         return out
 
+    def to_device(self, batch: dict[str, Any], device: Any) -> dict[str, Any]:
+        out = super().to_device(batch, device)
+        out["x"] = to_float(out["x"])
+        return out
+
+    def to(self, device: Any) -> "ImageData":
+        self.x = self.x.to(device)
+        if self.y is not None:
+            self.y = self.y.to(device)
+        return self
+
+    def images(self, index: Any = None) -> Any:
+        """Floats in [0, 1] (all, or the rows in `index`), on the CPU."""
+        x = self.x if index is None else self.x[index]
+        return to_float(x).cpu()
+
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
 
 
-@dataclass
-class TextData:
-    """A character corpus encoded as ids; a batch is ``seq_len + 1`` characters per row."""
+def to_float(x: Any) -> Any:
+    import torch
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
-    ids: Any  # long tensor (T,)
-    vocab: list[str]
-    seq_len: int
+
+@dataclass
+class PointData(Dataset):
+    """(N, D) float points, standardised with the training split's mean and std (the book's
+    Normalization layer), which are kept so samples can be mapped back."""
+
+    x: Any
+    mean: Any = None
+    std: Any = None
     name: str = ""
+    modality: str = "points"
 
     def __len__(self) -> int:
-        return max(1, (int(self.ids.shape[0]) - 1) // self.seq_len)
+        return int(self.x.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
 
     def batch(self, index: Any) -> dict[str, Any]:
-        import torch
-        starts = torch.as_tensor(index).reshape(-1) * self.seq_len
-        offsets = torch.arange(self.seq_len + 1)
-        return {"x": self.ids[starts[:, None] + offsets[None, :]]}
+        return {"x": self.x[index]}
+
+    def to(self, device: Any) -> "PointData":
+        self.x = self.x.to(device)
+        return self
 
 
 # -- sources ---------------------------------------------------------------------------------
 
-def load(cfg: DataConfig, split: str = "train", entry: Any | None = None) -> ImageData | TextData:
-    """Load the dataset named by `cfg` (a registry entry may be passed to skip the lookup)."""
+def load(cfg: DataConfig, split: str = "train", entry: Any | None = None) -> Any:
+    """Load the dataset named by `cfg` through its loader (a registry entry may be passed)."""
+    from genzoo.core.registry import registry, resolve
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}; valid: train, test")
     if entry is None:
-        from genzoo.core.registry import registry
         entry = registry().get_dataset(cfg.name)
-    source = entry.source
-    if source == "embedded":
-        data = _embedded(entry, cfg, split)
-    elif source == "torchvision":
-        data = _torchvision(entry, cfg, split)
-    elif source == "kaggle":
-        from genzoo.core import kaggle
-        folder = kaggle.download(entry.location, data_root(cfg.root)) if cfg.download else \
-            kaggle.dataset_dir(entry.location, data_root(cfg.root))
-        if not folder.exists():
-            raise DataError(f"Kaggle dataset {entry.location} is not under {folder} and "
-                            "download is off (--set download=true to fetch it)")
-        data = _folder(folder, cfg, split, entry.options, cfg.name)
-    elif source == "folder":
-        if not cfg.path:
-            raise DataError("the folder source needs a path: --data folder:PATH")
-        data = _folder(Path(cfg.path).expanduser(), cfg, split, entry.options, "folder")
-    else:
-        raise DataError(f"dataset {entry.name!r} has unknown source {source!r}; valid: "
-                        "embedded, torchvision, kaggle, folder")
+    ref = entry.loader or SOURCES.get(entry.source)
+    if ref is None:
+        raise DataError(f"dataset {entry.name!r} has unknown source {entry.source!r} and no "
+                        f"loader; valid sources: {', '.join(SOURCES)}")
+    data = resolve(ref, f"loader of dataset {entry.name!r}")(entry, cfg, split)
     if isinstance(data, ImageData):
         data = _transform(data, cfg)
         if cfg.label is not None:
             data = _label_from_attribute(data, cfg.label)
+    if len(data) == 0:
+        raise DataError(f"dataset {entry.name!r} has no {split} examples")
     return data
 
 
-def _split_index(n: int, split: str, fraction: float) -> Any:
+def split_index(n: int, split: str, fraction: float) -> Any:
     """A fixed shuffled split (seed 0), independent of the run's seed, so every run of a
     dataset tests on the same examples."""
     import torch
+    if not 0 < fraction < 1:
+        raise DataError(f"test_fraction must be in (0, 1), got {fraction}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
     n_test = max(1, int(round(n * fraction))) if n > 1 else 0
     return perm[:n_test].sort().values if split == "test" else perm[n_test:].sort().values
 
 
-def _embedded(entry: Any, cfg: DataConfig, split: str) -> ImageData | TextData:
+_split_index = split_index  # the name older code imports
+
+
+def load_embedded(entry: Any, cfg: DataConfig, split: str) -> Any:
     import numpy as np
     import torch
+    if entry.modality == "text":  # older entries: an embedded corpus, read by the text loader
+        from genzoo.core.text import load_text
+        return load_text(entry, cfg, split)
     ref = resources.files("genzoo.data").joinpath(entry.location)
-    if entry.modality == "text":
-        text = ref.read_text(encoding="utf-8")
-        vocab = sorted(set(text))
-        lookup = {c: i for i, c in enumerate(vocab)}
-        ids = torch.tensor([lookup[c] for c in text], dtype=torch.long)
-        cut = int(len(ids) * (1 - cfg.test_fraction))
-        ids = ids[:cut] if split == "train" else ids[cut:]
-        return TextData(ids, vocab, cfg.seq_len, entry.name)
     with ref.open("rb") as f:
         arrays = np.load(io.BytesIO(f.read()), allow_pickle=False)
         images, labels = arrays["images"], arrays["labels"]
@@ -154,15 +222,15 @@ def _embedded(entry: Any, cfg: DataConfig, split: str) -> ImageData | TextData:
             if entry.options.get("class_key", "class_names") in arrays.files else list(entry.classes)
     x = torch.from_numpy(images)
     x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
-    idx = _split_index(len(x), split, cfg.test_fraction)
-    x, y = x[idx], torch.from_numpy(labels)[idx]
+    idx = split_index(len(x), split, cfg.test_fraction)
+    x, y = x[idx].contiguous(), torch.from_numpy(labels)[idx]
     attrs = None
     if classes:  # categories double as binary attributes ("Smileys & Emotion")
         attrs = torch.nn.functional.one_hot(y, len(classes)).bool()
-    return ImageData(x.float() / 255.0, y.long(), classes, attrs, classes, entry.name)
+    return ImageData(x, y.long(), classes, attrs, classes, entry.name)
 
 
-def _torchvision(entry: Any, cfg: DataConfig, split: str) -> ImageData:
+def load_torchvision(entry: Any, cfg: DataConfig, split: str) -> ImageData:
     import numpy as np
     import torch
     import torchvision.datasets as tvd
@@ -186,7 +254,46 @@ def _torchvision(entry: Any, cfg: DataConfig, split: str) -> ImageData:
     if cfg.limit:
         x = x[: cfg.limit]
     y = torch.as_tensor(np.asarray(ds.targets))[: len(x)].long()
-    return ImageData(x.float() / 255.0, y, list(getattr(ds, "classes", [])), name=entry.name)
+    return ImageData(x.contiguous(), y, list(getattr(ds, "classes", [])), name=entry.name)
+
+
+def load_kaggle(entry: Any, cfg: DataConfig, split: str) -> Any:
+    from genzoo.core import kaggle
+    if entry.modality == "text":
+        from genzoo.core.text import load_text
+        return load_text(entry, cfg, split)
+    folder = kaggle.download(entry.location, data_root(cfg.root)) if cfg.download else \
+        kaggle.dataset_dir(entry.location, data_root(cfg.root))
+    if not folder.exists():
+        raise DataError(f"Kaggle dataset {entry.location} is not under {folder} and "
+                        "download is off (--set download=true to fetch it)")
+    return _folder(folder, cfg, split, entry.options, cfg.name)
+
+
+def load_folder(entry: Any, cfg: DataConfig, split: str) -> ImageData:
+    if not cfg.path:
+        raise DataError("the folder source needs a path: --data folder:PATH")
+    return _folder(Path(cfg.path).expanduser(), cfg, split, entry.options, "folder")
+
+
+def load_points(entry: Any, cfg: DataConfig, split: str) -> PointData:
+    """Generated 2-D point sets (``location: moons``), standardised with the training split's
+    statistics; the same seed (0) every time, so every run sees the same points."""
+    import torch
+    if cfg.points < 2:
+        raise DataError(f"points must be >= 2, got {cfg.points}")
+    if not cfg.noise >= 0:
+        raise DataError(f"noise must be >= 0, got {cfg.noise}")
+    if entry.location == "moons":
+        from sklearn.datasets import make_moons
+        x, _ = make_moons(cfg.points, noise=cfg.noise, random_state=0)
+    else:
+        raise DataError(f"unknown generated point set {entry.location!r}; valid: moons")
+    x = torch.from_numpy(x).float()
+    train = x[split_index(len(x), "train", cfg.test_fraction)]
+    mean, std = train.mean(0), train.std(0)
+    chosen = train if split == "train" else x[split_index(len(x), "test", cfg.test_fraction)]
+    return PointData((chosen - mean) / std, mean, std, entry.name)
 
 
 def read_attribute_csv(path: Path) -> tuple[list[str], dict[str, list[bool]]]:
@@ -249,10 +356,10 @@ def _folder(folder: Path, cfg: DataConfig, split: str, options: dict[str, Any],
         rows = [table.get(p.name) for p in files]
         if all(r is not None for r in rows):
             attrs = torch.tensor(rows, dtype=torch.bool)
-    idx = _split_index(len(x), split, cfg.test_fraction)
-    x = x[idx]
+    idx = split_index(len(x), split, cfg.test_fraction)
+    x = x[idx].contiguous()
     attrs = attrs[idx] if attrs is not None else None
-    return ImageData(x.float() / 255.0, None, [], attrs, attr_names, name)
+    return ImageData(x, None, [], attrs, attr_names, name)
 
 
 def _center_crop_resize(im: Any, size: int) -> Any:
@@ -264,23 +371,37 @@ def _center_crop_resize(im: Any, size: int) -> Any:
 
 
 def _transform(data: ImageData, cfg: DataConfig) -> ImageData:
+    """limit, channels, size, pad; computed in float, stored back as uint8."""
     import torch
     import torch.nn.functional as F
     x = data.x
+    if cfg.limit is not None and cfg.limit < 1:
+        raise DataError(f"limit must be >= 1, got {cfg.limit}")
     if cfg.limit and len(x) > cfg.limit:
         x = x[: cfg.limit]
         data.y = data.y[: cfg.limit] if data.y is not None else None
         data.attributes = data.attributes[: cfg.limit] if data.attributes is not None else None
-    if cfg.channels is not None and cfg.channels != x.shape[1]:
-        if cfg.channels == 1 and x.shape[1] == 3:
-            x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        elif cfg.channels == 3 and x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1).contiguous()
-        else:
-            raise DataError(f"cannot convert {x.shape[1]} channels to {cfg.channels}; valid: 1, 3")
-    if cfg.size is not None and (x.shape[-1] != cfg.size or x.shape[-2] != cfg.size):
-        x = F.interpolate(x, size=(cfg.size, cfg.size), mode="bilinear", antialias=True,
-                          align_corners=False).clamp(0, 1)
+    change_channels = cfg.channels is not None and cfg.channels != x.shape[1]
+    resize = cfg.size is not None and (x.shape[-1] != cfg.size or x.shape[-2] != cfg.size)
+    if change_channels or resize:
+        xf = x.float() / 255.0
+        if change_channels:
+            if cfg.channels == 1 and xf.shape[1] == 3:
+                xf = (xf * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            elif cfg.channels == 3 and xf.shape[1] == 1:
+                xf = xf.expand(-1, 3, -1, -1)
+            else:
+                raise DataError(f"cannot convert {x.shape[1]} channels to {cfg.channels}; valid: 1, 3")
+        if resize:
+            if cfg.size < 1:
+                raise DataError(f"size must be >= 1, got {cfg.size}")
+            xf = F.interpolate(xf, size=(cfg.size, cfg.size), mode="bilinear", antialias=True,
+                               align_corners=False)
+        x = (xf.clamp(0, 1) * 255).round().to(torch.uint8)
+    if cfg.pad:
+        if cfg.pad < 0:
+            raise DataError(f"pad must be >= 0, got {cfg.pad}")
+        x = F.pad(x, (cfg.pad,) * 4)  # zeros: black borders, as the book pads 28x28 to 32x32
     data.x = x.contiguous()
     return data
 
@@ -299,7 +420,7 @@ class StepBatches:
     """Batch for global step `s` is a pure function of (seed, s): resuming at step k replays
     exactly the order an uninterrupted run would have seen, with no loader state to save."""
 
-    def __init__(self, data: ImageData | TextData, batch_size: int, seed: int,
+    def __init__(self, data: Any, batch_size: int, seed: int,
                  drop_last: bool = True):
         n = len(data)
         if batch_size < 1:

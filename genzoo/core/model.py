@@ -25,8 +25,11 @@ class ModelConfig:
 
 class Model(nn.Module):
     Config: ClassVar[type] = ModelConfig
-    #: which training batch keys the model needs; documents the data contract
+    #: image | text | points | events: how bare sampler tensors are read, which data fits
     modality: ClassVar[str] = "image"
+    #: what one unit of likelihood is: "dim" (a discrete pixel value: bits/dim), "token"
+    #: (nats/token, perplexity), "point" (nats/point), "example" (nats/example only), or None
+    likelihood_unit: ClassVar[str | None] = "dim"
 
     def __init__(self, config: Any):
         super().__init__()
@@ -42,6 +45,20 @@ class Model(nn.Module):
         """Config values implied by the dataset (channels, image size, classes...). They sit
         between the Config defaults and the preset / user overrides."""
         return {}
+
+    def setup(self, data: Any) -> None:
+        """Called once before training from scratch, with the training set: keep what sampling
+        needs later (a tokenizer, normalisation statistics). Keep it in ``artifacts``."""
+
+    # -- run artifacts beyond weights ----------------------------------------------------------
+    def artifacts(self) -> dict[str, Any]:
+        """Extra state saved with every checkpoint and restored by ``load_run`` and
+        ``--resume``: ``{name: tensor}`` goes to ``artifacts.safetensors``, any other JSON-able
+        value (a tokenizer's ``to_json()``) to ``artifacts.json``."""
+        return {}
+
+    def load_artifacts(self, artifacts: dict[str, Any]) -> None:
+        """Restore what ``artifacts`` returned (tensors come back on the CPU)."""
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -73,14 +90,29 @@ class Model(nn.Module):
         ctx.optimize(out["loss"], optimizers["main"])
         return out
 
+    def evaluation_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Held-out metrics for one batch; ``loss`` by default, under no_grad. Families whose
+        metrics need input gradients (EBMs) override it."""
+        with torch.no_grad():
+            return self.loss(batch)
+
     # -- likelihood --------------------------------------------------------------------------
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-example log-likelihood (or a lower bound) in nats."""
+    def log_prob(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-example log-likelihood (or a lower bound) in nats of ``batch["x"]``, given any
+        conditions the batch carries (``y``...)."""
         raise NotImplementedError(f"{type(self).__name__} defines no likelihood")
+
+    def likelihood_units(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many units (``likelihood_unit``) the batch holds: pixel values, predicted tokens,
+        points or examples."""
+        x = batch["x"]
+        if self.likelihood_unit == "dim":
+            return int(x.numel())
+        return int(x.shape[0])
 
     @property
     def has_likelihood(self) -> bool:
-        return type(self).log_prob is not Model.log_prob
+        return type(self).log_prob is not Model.log_prob and self.likelihood_unit is not None
 
     @staticmethod
     def bits_per_dim(log_prob: torch.Tensor, dims: int) -> torch.Tensor:

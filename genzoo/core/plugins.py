@@ -42,11 +42,17 @@ class hookspecs:
 
     @hookspec
     def register_datasets(self, register: Callable[..., None]) -> None:
-        """``register(name, source="embedded|torchvision|kaggle|folder", modality=..., ...)``."""
+        """``register(name, source=..., modality=..., loader="pkg.mod:load_x", ...)``; the
+        loader is ``load(spec, cfg, split) -> Dataset`` (see ``genzoo.core.data``)."""
 
     @hookspec
     def register_samplers(self, register: Callable[..., None]) -> None:
         """``register(family, name, "pkg.mod:SamplerClass")``: extra samplers for any family."""
+
+    @hookspec
+    def register_writers(self, register: Callable[..., None]) -> None:
+        """``register(kind, "pkg.mod:write_x")``: how samples of a kind become files
+        (``write_x(sample, stem, reference=None) -> list[Path]``)."""
 
     @hookspec
     def register_commands(self, cli: Any) -> None:

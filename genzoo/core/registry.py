@@ -51,6 +51,7 @@ class ModelEntry:
     tags: list[str] = field(default_factory=list)
     params: dict[str, int] = field(default_factory=dict)  # per preset, checked by a test
     notes: str = ""
+    figures: str = ""  # measured figures for the README's table (with the benchmark behind them)
     source: str = plugins.BUILTIN
 
     def resolved(self, preset: str = "quick") -> dict[str, dict[str, Any]]:
@@ -68,8 +69,8 @@ class ModelEntry:
 @dataclass
 class DatasetSpec:
     name: str
-    source: str  # embedded | torchvision | kaggle | folder
-    modality: str = "image"  # image | text | points | sequence
+    source: str  # embedded | torchvision | kaggle | folder | text | points | a plugin's own
+    modality: str = "image"  # image | text | points | events
     location: str = ""  # package file, torchvision class, kaggle slug, or folder path
     summary: str = ""
     shape: list[int] = field(default_factory=list)
@@ -77,6 +78,7 @@ class DatasetSpec:
     options: dict[str, Any] = field(default_factory=dict)
     license: str = ""
     provenance: str = ""
+    loader: str | None = None  # "module:attr" of load(spec, cfg, split); default: the source's
     origin: str = plugins.BUILTIN  # which plugin registered it
 
 
@@ -117,6 +119,7 @@ class Registry:
         self.families: dict[str, FamilyEntry] = {}
         self.models: dict[str, ModelEntry] = {}
         self.datasets: dict[str, DatasetSpec] = {}
+        self.writers: dict[str, Any] = {}  # sample kind -> writer (callable or "module:attr")
         self._load()
 
     # -- loading -----------------------------------------------------------------------------
@@ -146,6 +149,21 @@ class Registry:
                         raise RegistryError(f"sampler {name!r} of family {family!r} from "
                                             f"{info.source} clashes with one from {fam.source}")
                     fam.samplers[name] = sampler
+            except Exception as e:
+                if plugins.strict() or info.source == plugins.BUILTIN:
+                    raise
+                self.host.fail(info, e)
+        for info, fn in self._ordered("register_writers"):
+            staged = []
+            try:
+                fn(register=lambda kind, writer, _s=staged: _s.append((kind, writer)))
+                for kind, writer in staged:
+                    if not isinstance(kind, str) or not kind:
+                        raise RegistryError(f"writer kind {kind!r} from {info.source}: give a name")
+                    if kind in self.writers:
+                        raise RegistryError(f"writer for {kind!r} from {info.source} clashes "
+                                            "with one already registered")
+                    self.writers[kind] = writer
             except Exception as e:
                 if plugins.strict() or info.source == plugins.BUILTIN:
                     raise

@@ -1,14 +1,28 @@
 """The Sampler interface: how to draw from a trained network, kept apart from the network (as
 diffusers keeps schedulers apart from the U-Net) so one network can be sampled several ways.
-Options are a dataclass, so ``zoo sample --set temperature=0.8`` is type-checked and listed."""
+
+A sampler declares
+- ``Options``: a dataclass of settings (``--set temperature=0.8``), type-checked and listed;
+  ``__post_init__`` rejects bad values (a ValueError becomes one clear line);
+- ``inputs``: what a caller may pass per call (``prompt``, ``label``, ``noise``...), by name with a
+  one-line help, so ``zoo sample --prompt/--label`` are checked against the sampler, not a family;
+- ``shows``: optional views it can add as extras (``chain``, ``probs``, ``attention``...);
+- ``needs_grad``: True for samplers that differentiate through the input (Langevin dynamics).
+  ``draw`` then runs with gradients on but the network's own parameters frozen.
+
+``draw`` is the one path every caller uses: the CLI, ``LoadedRun.sample``, the trainer's grids.
+"""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from genzoo.core import config as configlib
+from genzoo.errors import ConfigError
 
 
 @dataclass
@@ -19,14 +33,22 @@ class SamplerOptions:
 class Sampler:
     name: ClassVar[str] = ""
     Options: ClassVar[type] = SamplerOptions
+    inputs: ClassVar[dict[str, str]] = {}
+    shows: ClassVar[dict[str, str]] = {}
+    needs_grad: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         self.options = configlib.build(self.Options, options,
                                        what=f"sampler {self.name or type(self).__name__} option")
 
-    def sample(self, model: Any, n: int, generator: torch.Generator, **inputs: Any) -> torch.Tensor:
-        """Return `n` samples; images as floats in [0, 1] shaped (n, C, H, W)."""
+    def sample(self, model: Any, n: int, generator: torch.Generator, **inputs: Any) -> Any:
+        """Return `n` samples: a ``genzoo.core.sample.Sample``, or images as floats in [0, 1]
+        shaped (n, C, H, W)."""
         raise NotImplementedError
+
+    def check(self, model: Any, inputs: dict[str, Any]) -> None:
+        """Validate options and inputs against this model (e.g. top_k <= vocabulary); raise
+        ConfigError with one line. Called by ``draw`` before sampling."""
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, Any]]:
@@ -36,11 +58,68 @@ class Sampler:
                 for f in dataclasses.fields(cls.Options)]
 
 
+@contextlib.contextmanager
+def sampling_mode(model: Any, needs_grad: bool) -> Iterator[None]:
+    """eval mode; no_grad, or (for input-gradient samplers) grad on with parameters frozen so
+    sampling never leaves gradients in the network. Restores everything afterwards."""
+    was_training = getattr(model, "training", False)
+    model.eval()
+    frozen = []
+    try:
+        if needs_grad:
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.requires_grad_(False)
+                    frozen.append(p)
+            with torch.enable_grad():
+                yield
+        else:
+            with torch.no_grad():
+                yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        model.train(was_training)
+
+
+def check_inputs(sampler: Sampler, family: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Drop unset inputs; refuse ones the sampler does not declare, in one line."""
+    inputs = {k: v for k, v in inputs.items() if v is not None and v != () and v != []}
+    shows = inputs.pop("show", None)
+    for key in inputs:
+        if key not in sampler.inputs:
+            takes = ", ".join(f"--{k}" for k in sampler.inputs) or "no inputs"
+            raise ConfigError(f"--{key} given, but sampler {sampler.name!r} of family {family!r} "
+                              f"takes {takes}")
+    if shows:
+        shows = [shows] if isinstance(shows, str) else list(shows)
+        for s in shows:
+            if s not in sampler.shows:
+                can = ", ".join(f"--show-{k}" for k in sampler.shows) or "nothing extra"
+                raise ConfigError(f"--show-{s} given, but sampler {sampler.name!r} of family "
+                                  f"{family!r} has no {s} to show (it can show: {can})")
+        inputs["show"] = tuple(shows)
+    return inputs
+
+
+def draw(model: Any, sampler: Sampler, n: int, generator: torch.Generator,
+         inputs: dict[str, Any] | None = None, family: str = "") -> Any:
+    """The one sampling path: checks inputs, picks the grad mode, returns a typed Sample."""
+    from genzoo.core.sample import as_sample
+    if n < 1:
+        raise ConfigError(f"the number of samples must be >= 1, got {n}")
+    inputs = check_inputs(sampler, family or type(model).__name__, dict(inputs or {}))
+    sampler.check(model, inputs)
+    with sampling_mode(model, sampler.needs_grad):
+        out = sampler.sample(model, n, generator, **inputs)
+    return as_sample(out, getattr(model, "modality", "image"))
+
+
 def apply_temperature_top_k(logits: torch.Tensor, temperature: float = 1.0,
                             top_k: int | None = None) -> torch.Tensor:
     """Shared by every categorical sampler (PixelCNN, LSTM, GPT)."""
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0")
+    if not temperature > 0:  # also catches nan
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
     logits = logits / temperature
     if top_k is not None and 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
@@ -56,3 +135,20 @@ def categorical(logits: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     u = torch.rand(flat.shape[0], 1, generator=generator, device=generator.device).to(flat.device)
     idx = (flat.cumsum(-1) < u).sum(-1).clamp_max(flat.shape[-1] - 1)
     return idx.reshape(probs.shape[:-1])
+
+
+@dataclass
+class TokenOptions:
+    """Options every token sampler shares (LSTM, GPT, music): validated on construction."""
+
+    max_new_tokens: int = 200
+    temperature: float = 1.0
+    top_k: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")

@@ -42,6 +42,37 @@ class TrainConfig:
     seed: int = 0
 
 
+def validate_train(cfg: TrainConfig) -> None:
+    """Every training value checked before anything is created, one line each."""
+    def bad(key: str, value: Any, want: str) -> None:
+        raise ConfigError(f"bad value {value!r} for {key}: {want}")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        bad("lr", cfg.lr, "expected a finite number > 0")
+    if cfg.batch_size < 1:
+        bad("batch_size", cfg.batch_size, "expected an integer >= 1")
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        bad("weight_decay", cfg.weight_decay, "expected a number >= 0")
+    if cfg.grad_clip is not None and not (math.isfinite(cfg.grad_clip) and cfg.grad_clip >= 0):
+        bad("grad_clip", cfg.grad_clip, "expected a number >= 0, or none to turn clipping off")
+    if cfg.ema_decay is not None and not 0 < cfg.ema_decay < 1:
+        bad("ema_decay", cfg.ema_decay, "expected a number in (0, 1), or none")
+    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
+        bad("betas", cfg.betas, "expected two numbers in [0, 1)")
+    for key in ("log_every", "sample_n"):
+        if getattr(cfg, key) < 1:
+            bad(key, getattr(cfg, key), "expected an integer >= 1")
+    for key in ("checkpoint_every", "sample_every"):
+        v = getattr(cfg, key)
+        if v is not None and v < (1 if key == "checkpoint_every" else 0):
+            bad(key, v, "expected an integer >= 1" + (" (0: none)" if key == "sample_every" else ""))
+    if cfg.warmup_steps < 0:
+        bad("warmup_steps", cfg.warmup_steps, "expected an integer >= 0")
+    if cfg.steps is not None and cfg.steps < 1:
+        bad("steps", cfg.steps, "expected an integer >= 1")
+    if cfg.epochs is not None and not (math.isfinite(cfg.epochs) and cfg.epochs > 0):
+        bad("epochs", cfg.epochs, "expected a number > 0")
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -120,7 +151,9 @@ class StepContext:
             optimizer.step()
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def _to_device(data: Any, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    if hasattr(data, "to_device"):  # the dataset converts (uint8 images -> floats on device)
+        return data.to_device(batch, device)
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
             for k, v in batch.items()}
 
@@ -136,8 +169,8 @@ class Trainer:
         self.batches = StepBatches(data, cfg.batch_size, cfg.seed)
         self.total = total_steps(cfg, self.batches.per_epoch)
         self.model.to(self.device)
-        if self.device.type != "cpu" and hasattr(data, "x"):
-            data.x = data.x.to(self.device)  # small in-memory sets: no host->device copy per step
+        if self.device.type != "cpu" and hasattr(data, "to"):
+            data.to(self.device)  # small in-memory sets: no host->device copy per step
         self.optimizers = model.configure_optimizers(cfg)
         self.base_lrs = {n: [g["lr"] for g in o.param_groups] for n, o in self.optimizers.items()}
         self.ctx = StepContext(self.device, cfg.amp, cfg.grad_clip)
@@ -165,6 +198,7 @@ class Trainer:
         ckpt.save_weights(self.model, self.run.weights_path, meta)
         if self.ema is not None:
             ckpt.save_weights(self.ema.module, self.run.ema_path, meta)
+        ckpt.save_artifacts(self.model, self.run.path, meta)
         ckpt.save_tensors(self.run.path / ckpt.TRAINER_TENSORS, tensors, meta)
         ckpt.write_json(self.run.path / ckpt.TRAINER_JSON, {
             "step": self.step, "total_steps": self.total, "optimizers": optim_meta,
@@ -176,8 +210,11 @@ class Trainer:
         state = ckpt.read_json(self.run.path / ckpt.TRAINER_JSON)
         tensors = ckpt.load_tensors(self.run.path / ckpt.TRAINER_TENSORS)
         ckpt.load_weights(self.model, self.run.weights_path)
+        ckpt.load_artifacts(self.model, self.run.path)
         if self.ema is not None and self.run.ema_path.exists():
             ckpt.load_weights(self.ema.module, self.run.ema_path)
+        if self.ema is not None:
+            ckpt.load_artifacts(self.ema.module, self.run.path)
         for name, opt in self.optimizers.items():
             if name not in state["optimizers"]:
                 raise ckpt.CheckpointError(f"trainer state has no optimizer {name!r}")
@@ -210,7 +247,7 @@ class Trainer:
                 while self.step < self.total:
                     if stop_after is not None and self.step >= stop_after:
                         break
-                    batch = _to_device(self.batches(self.step), self.device)
+                    batch = _to_device(self.data, self.batches(self.step), self.device)
                     for name, opt in self.optimizers.items():
                         f = lr_factor(cfg, self.step, self.total)
                         for g, base in zip(opt.param_groups, self.base_lrs[name]):
@@ -259,7 +296,7 @@ class Trainer:
                         self._sample()
         except KeyboardInterrupt:
             self.save()
-            raise
+            raise Interrupted(self.run.path) from None
         self.save()
         if self.step >= self.total and self.sample_fn is not None:
             self._sample()
@@ -269,12 +306,16 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def _sample(self) -> None:
-        model = self.sampling_model()
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            self.sample_fn(model, self.step, self.cfg.sample_n)
-        model.train(was_training)
+        # the sampling path sets eval mode and the grad mode its sampler declares
+        self.sample_fn(self.sampling_model(), self.step, self.cfg.sample_n)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after the checkpoint was saved; knows the run to resume."""
+
+    def __init__(self, run: Any):
+        super().__init__(str(run))
+        self.run = run
 
 
 class _NullProgress:

@@ -39,3 +39,12 @@ def register_datasets(register: Callable[..., None]) -> None:
 def register_models(register: Callable[..., None]) -> None:
     for name, fields in catalogue().get("models", {}).items():
         register(name, **fields)
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    """The latent-space tools (zoo reconstruct / interpolate / latent-plot / attribute), added
+    the way any plugin adds commands."""
+    from genzoo.commands.latent import COMMANDS
+    for command in COMMANDS:
+        cli.add_command(command)

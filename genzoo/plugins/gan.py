@@ -431,6 +431,12 @@ class PriorSampler(Sampler):
 
     name = "prior"
     Options = PriorOptions
+    inputs = {"label": "class index for conditional models (cgan)"}
+
+    def check(self, model: GAN, inputs: dict[str, Any]) -> None:
+        if inputs.get("label") is not None and not model.num_classes:
+            raise ConfigError(f"--label given, but {type(model).__name__} is an unconditional "
+                              "model; only conditional models (cgan) take a label")
 
     def latent(self, model: GAN, n: int, generator: torch.Generator) -> torch.Tensor:
         z = torch.randn(n, model.latent_dim, generator=generator, device=generator.device)

@@ -118,9 +118,9 @@ class PixelCNN(Model):
         return {"loss": nll, "nll": nll * target[0].numel(), "bits_per_dim": nll / math.log(2)}
 
     @torch.no_grad()
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Log-likelihood of the quantised image in nats (discrete, so bits/dim is exact)."""
-        target = self.quantise(x)
+        target = self.quantise(batch["x"])
         logp = F.log_softmax(self(target).float(), dim=1)
         return logp.gather(1, target).flatten(1).sum(1)
 

@@ -7,7 +7,7 @@ sample z = mu + sigma * eps (the reparameterisation trick keeps that sample diff
 pays KL(q(z|x) || N(0, I)) for straying from the prior, so that decoding z ~ N(0, I) gives
 images: the prior becomes a sampler.
 
-Both families implement the latent protocol of ``genzoo.core.latent`` (``latent_dim``,
+Both families implement the latent protocol of ``genzoo.plugins.latent`` (``latent_dim``,
 ``encode``, ``decode``, ``sample_latent``), so ``zoo reconstruct / interpolate / latent-plot /
 attribute`` and the ``prior`` sampler work on them as they will on GANs. Both also keep running
 moments of their training embeddings: the autoencoder, having no prior, samples from that
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genzoo.core import latent
+from genzoo.plugins import latent
 from genzoo.core.model import Model
 from genzoo.core.sampler import Sampler
 from genzoo.errors import ConfigError
@@ -281,12 +281,12 @@ class VAE(_ConvLatentModel):
         return discretised_gaussian_log_prob(x, torch.sigmoid(logits), self.sigma)
 
     @torch.no_grad()
-    def log_prob(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    def log_prob(self, batch: dict[str, torch.Tensor], k: int | None = None) -> torch.Tensor:
         """Importance-weighted lower bound (Burda et al. 2016) on log p(x) in nats, from k
         samples of q(z|x): log mean_i p(x, z_i) / q(z_i|x). k=1 is the ELBO; the bound tightens
         as k grows. The noise comes from a fixed generator, so evaluation is repeatable."""
         k = k or self.config.iw_samples
-        return torch.logsumexp(self.log_weights(x, k), 0) - math.log(k)
+        return torch.logsumexp(self.log_weights(batch["x"], k), 0) - math.log(k)
 
     @torch.no_grad()
     def log_weights(self, x: torch.Tensor, k: int) -> torch.Tensor:

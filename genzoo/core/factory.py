@@ -1,0 +1,132 @@
+"""Plan and build: registry name + preset + overrides -> typed configs -> a model.
+
+``plan`` resolves a registry entry into validated config sections without touching data or
+torch state; ``build_model`` makes the network, with shapes taken from the data (or from the
+dataset's registry entry when only the shape is needed).
+"""
+from __future__ import annotations
+
+import difflib
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+from genzoo.core import config as configlib
+from genzoo.core.data import DataConfig
+from genzoo.core.registry import FamilyEntry, ModelEntry, SECTIONS, registry
+from genzoo.core.trainer import TrainConfig, validate_train
+from genzoo.errors import ConfigError
+
+SECTION_CLASSES = {"train": TrainConfig, "data": DataConfig}
+
+
+def split_overrides(overrides: dict[str, Any], model_cls: type) -> dict[str, dict[str, Any]]:
+    """Route flat keys (``lr``, ``blocks``) or dotted ones (``train.lr``) to their section; an
+    unknown key fails listing every valid one, an ambiguous one asks for the section prefix."""
+    fields = {"model": configlib.field_names(model_cls.Config),
+              "train": configlib.field_names(TrainConfig),
+              "data": configlib.field_names(DataConfig)}
+    out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for key, value in overrides.items():
+        if "." in key:
+            section, _, short = key.partition(".")
+            if section not in fields:
+                raise ConfigError(f"unknown config section {section!r} in {key!r}; valid: "
+                                  f"{', '.join(fields)}")
+            if short not in fields[section]:
+                raise ConfigError(f"unknown {section} key {short!r}; valid {section} keys: "
+                                  f"{', '.join(fields[section])}")
+            out[section][short] = value
+            continue
+        owners = [s for s, names in fields.items() if key in names]
+        if not owners:
+            valid = "; ".join(f"{s}: {', '.join(n)}" for s, n in fields.items())
+            close = difflib.get_close_matches(key, [n for ns in fields.values() for n in ns], 3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{hint}. Valid keys — {valid}")
+        if len(owners) > 1:
+            raise ConfigError(f"config key {key!r} exists in {' and '.join(owners)}; write "
+                              f"{owners[0]}.{key}=... to choose")
+        out[owners[0]][key] = value
+    return out
+
+
+@dataclass
+class Plan:
+    """Everything needed to build and train one model, resolved from the registry."""
+
+    entry: ModelEntry
+    family: FamilyEntry
+    model_cls: type
+    preset: str
+    model: dict[str, Any]
+    train: TrainConfig
+    data: DataConfig
+    sampler: str | None
+
+
+def plan(name: str, preset: str = "quick", overrides: dict[str, Any] | None = None) -> Plan:
+    reg = registry()
+    entry = reg.get(name)
+    family = reg.get_family(entry.family)
+    model_cls = family.model_class()
+    base = entry.resolved(preset)
+    user = split_overrides(dict(overrides or {}), model_cls)
+    for section in SECTIONS:
+        base[section] = {**base[section], **user[section]}
+    train = configlib.build(TrainConfig, base["train"], what="train")
+    validate_train(train)
+    data = configlib.build(DataConfig, base["data"], what="data")
+    configlib.build(model_cls.Config, base["model"], what=f"{entry.family} model")
+    spec = reg.get_dataset(data.name)
+    wants = getattr(model_cls, "modality", "image")
+    if spec.modality != wants:
+        fitting = sorted(d.name for d in reg.datasets.values() if d.modality == wants)
+        raise ConfigError(f"{entry.name} ({entry.family}) models {wants} data, but dataset "
+                          f"{data.name!r} is {spec.modality}; {wants} datasets: "
+                          f"{', '.join(fitting) or 'none registered'}")
+    return Plan(entry, family, model_cls, preset, base["model"], train, data,
+                entry.sampler or family.default_sampler)
+
+
+def build_model(p: Plan, data: Any | None) -> Any:
+    derived = p.model_cls.config_from_data(data) if data is not None else {}
+    cfg = configlib.build(p.model_cls.Config, {**derived, **p.model}, what=f"{p.entry.family} model")
+    return p.model_cls(cfg)
+
+
+class DataShape:
+    """Stands in for a dataset when only its shape is needed (no loading, no download). Knows
+    only what the registry states: `shape` is None when the dataset entry gives none."""
+
+    def __init__(self, shape: tuple[int, ...] | None, classes: list[str], modality: str):
+        self.shape, self.classes, self.modality = shape, classes, modality
+        self.attribute_names: list[str] = []
+
+    @classmethod
+    def of(cls, p: Plan) -> "DataShape":
+        ds = registry().get_dataset(p.data.name)
+        shape = list(ds.shape) if ds.shape else None
+        if shape and ds.modality == "image":
+            if p.data.channels:
+                shape[0] = p.data.channels
+            if p.data.size:
+                shape[1:] = [p.data.size, p.data.size]
+            if p.data.pad:
+                shape[1:] = [s + 2 * p.data.pad for s in shape[1:]]
+        return cls(tuple(shape) if shape else None, list(ds.classes), ds.modality)
+
+
+def create_model(name: str, preset: str = "quick", **overrides: Any) -> Any:
+    """Build an untrained model from a registry name: ``create_model("pixelcnn", blocks=2)``.
+    Shapes implied by the dataset come from its registry entry, without loading the data."""
+    import torch
+    p = plan(name, preset, overrides)
+    torch.manual_seed(p.train.seed)
+    return build_model(p, DataShape.of(p))
+
+
+def versions() -> dict[str, str]:
+    import torch
+    from genzoo import __version__
+    return {"genzoo": __version__, "torch": torch.__version__, "python": platform.python_version()}

@@ -1,0 +1,234 @@
+"""Train, resume, load and sample runs: the paths the CLI and the Python API share.
+
+One sampling path: ``LoadedRun.sample`` and the trainer's periodic samples both go through
+``genzoo.core.sampler.draw`` and ``genzoo.core.sample.write``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genzoo.core import checkpoint as ckpt
+from genzoo.core import config as configlib
+from genzoo.core import sample as samplelib
+from genzoo.core.data import DataConfig
+from genzoo.core.data import load as load_data
+from genzoo.core.factory import Plan, build_model, plan, versions
+from genzoo.core.registry import FamilyEntry, registry
+from genzoo.core.sampler import draw
+from genzoo.core.trainer import TrainConfig, Trainer, pick_device, validate_train
+from genzoo.errors import CheckpointError, ConfigError
+
+
+def sample_writer(run: ckpt.Run, family: FamilyEntry, sampler_name: str | None,
+                  options: dict[str, Any], seed: int, data: Any = None) -> Callable[[Any, int, int], None]:
+    """A callback for the trainer: writes samples from a fixed generator, so samples over
+    training show the same noise and progress is visible. Trainer grids use the sampler's
+    ``preview`` options when it has them (e.g. fewer diffusion steps)."""
+    def write(model: Any, step: int, n: int) -> None:
+        cls = family.sampler_class(sampler_name)
+        sampler = cls(**{**getattr(cls, "preview", {}), **options})
+        g = torch.Generator().manual_seed(seed)
+        out = draw(model, sampler, n, g, family=family.name)
+        samplelib.write(out, run.samples_dir / f"step_{step:06d}", reference=data)
+    return write
+
+
+def _config_record(p: Plan, model: Any, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "name": p.entry.name, "family": p.entry.family, "source": p.entry.source,
+        "preset": p.preset, "overrides": {k: str(v) for k, v in (overrides or {}).items()},
+        "model": configlib.to_dict(model.config), "train": configlib.to_dict(p.train),
+        "data": configlib.to_dict(p.data), "sampler": p.sampler, "sampler_options": {},
+        "modality": getattr(model, "modality", "image"),
+        "params": model.num_params(), "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def train(name: str, preset: str = "quick", overrides: dict[str, Any] | None = None,
+          out: str | os.PathLike | None = None, progress: bool = True,
+          stop_after: int | None = None) -> ckpt.Run:
+    """Train a registry model from scratch; returns the run folder. Everything that can fail on
+    the user's input (config, data, model build) happens before the run folder exists."""
+    p = plan(name, preset, overrides)
+    data = load_data(p.data, "train")
+    torch.manual_seed(p.train.seed)
+    model = build_model(p, data)
+    model.setup(data)
+    run = ckpt.Run.create(p.entry.name, out)
+    try:
+        run.write_config(_config_record(p, model, overrides))
+        trainer = Trainer(model, data, p.train, run,
+                          sample_writer(run, p.family, p.sampler, {}, p.train.seed, data),
+                          progress=progress)
+    except BaseException:
+        run.discard()
+        raise
+    trainer.fit(stop_after=stop_after)
+    _finish(run, trainer, p.data)
+    return run
+
+
+def resume(path: str | os.PathLike, steps: int | None = None, progress: bool = True,
+           device: str | None = None, stop_after: int | None = None) -> ckpt.Run:
+    """Continue a run from its last checkpoint (optionally to a new total of `steps`). The
+    run's config is rewritten only after its checkpoint has loaded."""
+    run = ckpt.Run.open(path)
+    cfg = run.read_config()
+    if not (run.path / ckpt.TRAINER_JSON).exists():
+        raise CheckpointError(f"{run.path} has no trainer state to resume from")
+    family = registry().get_family(_field(cfg, "family", run))
+    model_cls = family.model_class()
+    train_cfg = configlib.build(TrainConfig, _field(cfg, "train", run), what="train")
+    if steps is not None:
+        train_cfg.steps, train_cfg.epochs = steps, None
+    if device is not None:
+        train_cfg.device = device
+    validate_train(train_cfg)
+    data_cfg = configlib.build(DataConfig, _field(cfg, "data", run), what="data")
+    data = load_data(data_cfg, "train")
+    model = model_cls(configlib.build(model_cls.Config, _field(cfg, "model", run), what="model"))
+    trainer = Trainer(model, data, train_cfg, run,
+                      sample_writer(run, family, cfg.get("sampler"), cfg.get("sampler_options", {}),
+                                    train_cfg.seed, data), progress=progress)
+    trainer.restore()
+    if steps is not None:
+        cfg["train"]["steps"], cfg["train"]["epochs"] = steps, None
+        run.write_config(cfg)
+    trainer.fit(stop_after=stop_after)
+    _finish(run, trainer, data_cfg)
+    return run
+
+
+def _field(cfg: dict[str, Any], key: str, run: ckpt.Run) -> Any:
+    if key not in cfg:
+        raise CheckpointError(f"{run.config_path} has no {key!r}: not a genzoo run config")
+    return cfg[key]
+
+
+def _finish(run: ckpt.Run, trainer: Trainer, data_cfg: DataConfig) -> None:
+    if trainer.step < trainer.total:
+        return
+    model = trainer.sampling_model()
+    try:
+        test = load_data(data_cfg, "test")
+        stats = evaluate_loss(model, test, trainer.device, trainer.cfg.batch_size)
+        run.log({"step": trainer.step, "split": "test", **stats})
+    except Exception as e:  # evaluation is a bonus; never lose a finished run over it
+        run.log({"step": trainer.step, "split": "test", "error": str(e)})
+    try:
+        from genzoo.core.plots import loss_curve
+        loss_curve(run)
+    except Exception:
+        pass
+
+
+def batches(data: Any, batch_size: int, device: torch.device):
+    """Every example once, in order, converted for the model on `device`."""
+    idx = torch.arange(len(data))
+    for start in range(0, len(data), batch_size):
+        batch = data.batch(idx[start:start + batch_size])
+        yield data.to_device(batch, device) if hasattr(data, "to_device") else \
+            {k: v.to(device) for k, v in batch.items()}
+
+
+def evaluate_loss(model: Any, data: Any, device: torch.device,
+                  batch_size: int = 256) -> dict[str, float]:
+    """Mean of each scalar the family's ``evaluation_step`` reports, over a split."""
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    n = 0
+    try:
+        for batch in batches(data, batch_size, device):
+            out = model.evaluation_step(batch)
+            b = int(next(iter(batch.values())).shape[0])
+            for k, v in out.items():
+                if isinstance(v, torch.Tensor) and v.numel() == 1:
+                    totals[k] = totals.get(k, 0.0) + float(v) * b
+            n += b
+    finally:
+        model.train(was_training)
+    return {k: v / max(n, 1) for k, v in totals.items()}
+
+
+@dataclass
+class LoadedRun:
+    run: ckpt.Run
+    config: dict[str, Any]
+    model: Any
+    family: FamilyEntry
+    _data: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name", self.path.name))
+
+    def sampler(self, name: str | None = None, **options: Any) -> Any:
+        name = name or self.config.get("sampler")
+        return self.family.sampler_class(name)(**{**self.config.get("sampler_options", {}), **options})
+
+    def sample(self, n: int = 16, seed: int = 0, sampler: str | None = None,
+               inputs: dict[str, Any] | None = None, **options: Any) -> samplelib.Sample:
+        """A typed Sample (``ImageSample.images``, ``TextSample.texts``...). `inputs` are the
+        sampler's declared inputs (``prompt``, ``label``, ``show``...); `options` its settings
+        (``temperature``...). The same seed gives the same samples."""
+        g = torch.Generator().manual_seed(seed)
+        return draw(self.model, self.sampler(sampler, **options), n, g, inputs,
+                    family=self.family.name)
+
+    def data(self, split: str = "train") -> Any:
+        if split not in self._data:
+            cfg = configlib.build(DataConfig, self.config["data"], what="data")
+            cfg.download = False
+            self._data[split] = load_data(cfg, split)
+        return self._data[split]
+
+    def reference(self) -> Any:
+        """The training data to draw samples over, where a writer shows them together (points);
+        None when it is not at hand."""
+        if getattr(self.model, "modality", "image") != "points":
+            return None
+        try:
+            return self.data("train")
+        except Exception:
+            return None
+
+    def write(self, sample: samplelib.Sample, stem: str | os.PathLike) -> list[Path]:
+        return samplelib.write(sample, Path(stem), reference=self.reference())
+
+
+def load_run(path: str | os.PathLike, ema: bool = True, device: str = "cpu") -> LoadedRun:
+    """Rebuild a trained model from its run folder (config.json + safetensors + artifacts)."""
+    run = ckpt.Run.open(path)
+    cfg = run.read_config()
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{run.config_path} is not a genzoo run config")
+    family = registry().get_family(_field(cfg, "family", run))
+    model_cls = family.model_class()
+    model = model_cls(configlib.build(model_cls.Config, _field(cfg, "model", run), what="model"))
+    weights = run.ema_path if ema and run.ema_path.exists() else run.weights_path
+    if not weights.exists():
+        raise CheckpointError(f"{run.path} has no weights yet ({ckpt.WEIGHTS} missing)")
+    ckpt.load_weights(model, weights)
+    ckpt.load_artifacts(model, run.path)
+    model.to(pick_device(device)).eval()
+    return LoadedRun(run, cfg, model, family)
+
+
+def check_modality(loaded: LoadedRun, wanted: str, what: str) -> None:
+    got = getattr(loaded.model, "modality", "image")
+    if got != wanted:
+        raise ConfigError(f"{what} needs a {wanted} model, but {loaded.name} ({loaded.path}) "
+                          f"makes {got} samples")
