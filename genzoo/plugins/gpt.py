@@ -1,0 +1,475 @@
+"""GPT (Radford et al. 2018; Foster ch. 9): a decoder-only transformer that predicts the next token.
+
+Tokens and their positions are embedded and summed; each block lets every position attend to the
+positions before it (causal multi-head attention) and then transforms each position on its own
+(feed-forward); a linear head gives next-token logits. The book's block is the original
+transformer's *post*-norm one (``x = norm(x + attn(x))``), nanoGPT / GPT-2's is *pre*-norm
+(``x = x + attn(norm(x))`` and a final norm); both are here (``norm``), as are the book's
+per-head key width (Keras ``MultiHeadAttention(key_dim=256)``) and nanoGPT's tied embedding.
+
+Sampling keeps each layer's keys and values (a KV cache), so a new token costs one position's
+work instead of a forward pass over the whole window. ``CausalSelfAttention``, ``Block`` and
+``KVCache`` take plain arguments, not a GPT config, so other families (the music transformer)
+import them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genzoo.core.model import Model
+from genzoo.core.sample import TextSample
+from genzoo.core.sampler import Sampler, TokenOptions, apply_temperature_top_k, categorical
+from genzoo.errors import ConfigError
+
+IGNORE = -100  # cross_entropy's ignore_index
+
+
+@dataclass
+class GPTConfig:
+    vocab: int = 10_000  # tokens, from the tokenizer (book: 10,000 words)
+    context: int = 80  # positions the model can attend over (book: MAX_LEN 80)
+    layers: int = 1  # transformer blocks (book: 1)
+    heads: int = 2  # attention heads (book: 2)
+    embed_dim: int = 256  # token / position embedding and residual width (book: 256)
+    key_dim: int | None = 256  # per-head query/key/value width; None = embed_dim // heads (GPT-2)
+    ff_dim: int = 256  # feed-forward hidden width (book: 256; GPT-2: 4 * embed_dim)
+    activation: Literal["relu", "gelu"] = "relu"  # book: relu; GPT-2: gelu
+    norm: Literal["post", "pre"] = "post"  # book: post-norm; GPT-2 / nanoGPT: pre-norm + final norm
+    bias: bool = True  # biases in linear layers and layer norms (nanoGPT's baby GPT: False)
+    tie_weights: bool = False  # output head shares the token embedding (Press & Wolf 2017)
+    dropout: float = 0.1  # book: 0.1
+    pad_id: int | None = None  # padding token of word-level data (0); None for a plain corpus
+
+    def __post_init__(self) -> None:
+        for key in ("vocab", "context", "layers", "heads", "embed_dim", "ff_dim"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.key_dim is None and self.embed_dim % self.heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by heads "
+                             f"{self.heads}; set key_dim")
+        if self.key_dim is not None and self.key_dim < 1:
+            raise ValueError(f"key_dim must be >= 1 (or none), got {self.key_dim}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.pad_id is not None and not 0 <= self.pad_id < self.vocab:
+            raise ValueError(f"pad_id {self.pad_id} is outside the vocabulary of {self.vocab}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.key_dim or self.embed_dim // self.heads
+
+
+# -- the transformer block (imported by other families) -------------------------------------------
+
+class KVCache:
+    """Keys and values of the positions one attention layer has seen, (B, heads, T, head_dim),
+    in buffers allocated once for `max_len` positions; ``append`` writes the new positions in
+    place and returns every position so far."""
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.length = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, H, T, D = k.shape
+        if self.k is None:
+            self.k = k.new_empty(B, H, self.max_len, D)
+            self.v = v.new_empty(B, H, self.max_len, D)
+        end = self.length + T
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {end} asked for")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention where position t sees positions <= t, through
+    ``F.scaled_dot_product_attention`` (fused kernels on CPU and GPU). One matmul makes the
+    queries, keys and values of every head (nanoGPT's ``c_attn``)."""
+
+    def __init__(self, embed_dim: int, heads: int, head_dim: int, dropout: float = 0.0,
+                 bias: bool = True):
+        super().__init__()
+        self.heads, self.head_dim, self.dropout = heads, head_dim, dropout
+        self.qkv = nn.Linear(embed_dim, 3 * heads * head_dim, bias=bias)
+        self.proj = nn.Linear(heads * head_dim, embed_dim, bias=bias)
+        self.proj_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, C) -> (B, T, C), and the attention weights (B, heads, T, T_all) when asked.
+        With a cache, x holds only the new positions; they attend to the cached ones too."""
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        past = 0
+        if cache is not None:
+            past = len(cache)
+            k, v = cache.append(k, v)
+        p = self.dropout if self.training else 0.0
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            mask = None
+        elif T == 1:  # one new position may see every earlier one: no mask at all
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+            mask = None
+        else:
+            mask = causal_mask(T, past, x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        weights = None
+        if need_weights:  # sdpa never materialises them; recompute for the attention view
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+            m = mask if mask is not None else (causal_mask(T, past, x.device) if T > 1 else None)
+            if m is not None:
+                scores = scores.masked_fill(~m, float("-inf"))
+            weights = scores.float().softmax(-1)
+        y = y.transpose(1, 2).reshape(B, T, self.heads * self.head_dim)
+        return self.proj_dropout(self.proj(y)), weights
+
+
+def causal_mask(T: int, past: int, device: torch.device) -> torch.Tensor:
+    """(T, past + T) bool: new position i (absolute past + i) sees absolute positions <= it."""
+    return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(past)
+
+
+class Block(nn.Module):
+    """Attention then feed-forward, each with a residual connection and layer norm: post-norm
+    (the book's ``TransformerBlock``) or pre-norm (GPT-2)."""
+
+    def __init__(self, embed_dim: int, heads: int, head_dim: int, ff_dim: int,
+                 dropout: float = 0.0, norm: str = "pre", activation: str = "gelu",
+                 bias: bool = True, eps: float = 1e-5):
+        super().__init__()
+        if norm not in ("pre", "post"):
+            raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
+        self.pre_norm = norm == "pre"
+        self.attn = CausalSelfAttention(embed_dim, heads, head_dim, dropout, bias)
+        self.ln_1 = nn.LayerNorm(embed_dim, eps=eps, bias=bias)
+        self.ln_2 = nn.LayerNorm(embed_dim, eps=eps, bias=bias)
+        self.ff = nn.Sequential(nn.Linear(embed_dim, ff_dim, bias=bias),
+                                nn.GELU() if activation == "gelu" else nn.ReLU(),
+                                nn.Linear(ff_dim, embed_dim, bias=bias), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.pre_norm:
+            a, w = self.attn(self.ln_1(x), cache, need_weights)
+            x = x + a
+            return x + self.ff(self.ln_2(x)), w
+        a, w = self.attn(x, cache, need_weights)
+        x = self.ln_1(x + a)
+        return self.ln_2(x + self.ff(x)), w
+
+
+# -- the model -----------------------------------------------------------------------------------
+
+class GPT(Model):
+    Config = GPTConfig
+    modality = "text"
+    likelihood_unit = "token"
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        c = config
+        self.token_embedding = nn.Embedding(c.vocab, c.embed_dim)
+        self.position_embedding = nn.Embedding(c.context, c.embed_dim)
+        self.dropout = nn.Dropout(c.dropout)
+        # Keras' LayerNormalization epsilon in the book's post-norm block, torch's in GPT-2's
+        eps = 1e-6 if c.norm == "post" else 1e-5
+        self.blocks = nn.ModuleList(
+            Block(c.embed_dim, c.heads, c.head_dim, c.ff_dim, c.dropout, c.norm, c.activation,
+                  c.bias, eps) for _ in range(c.layers))
+        self.ln_f = nn.LayerNorm(c.embed_dim, bias=c.bias) if c.norm == "pre" else nn.Identity()
+        self.head = nn.Linear(c.embed_dim, c.vocab, bias=c.bias and not c.tie_weights)
+        if c.tie_weights:
+            self.head.weight = self.token_embedding.weight
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
+            if name.endswith("attn.proj.weight") or name.endswith("ff.2.weight"):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * c.layers))
+        self.tokenizer = None  # set by setup(data) or load_artifacts
+        # how often each token starts a training row: the first token when there is no prompt
+        self.register_buffer("start_counts", torch.zeros(c.vocab), persistent=False)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):  # GPT-2 / nanoGPT initialisation
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    @classmethod
+    def config_from_data(cls, data: Any) -> dict[str, Any]:
+        tok = getattr(data, "tokenizer", None)
+        if tok is None:
+            return {}
+        return {"vocab": len(tok), "context": int(data.seq_len), "pad_id": tok.pad_id}
+
+    # -- the run's tokenizer -------------------------------------------------------------------
+    def setup(self, data: Any) -> None:
+        tok = data.tokenizer
+        c = self.config
+        if len(tok) > c.vocab:
+            raise ConfigError(f"the tokenizer has {len(tok)} tokens but the model's vocab is "
+                              f"{c.vocab}: --set vocab={len(tok)} (or a smaller data.vocab_size)")
+        if data.seq_len > c.context:
+            raise ConfigError(f"data.seq_len {data.seq_len} is longer than the model's context "
+                              f"{c.context}: --set context={data.seq_len}")
+        if tok.pad_id != c.pad_id:
+            raise ConfigError(f"the data's pad id is {tok.pad_id} but the model's pad_id is "
+                              f"{c.pad_id}: --set pad_id={tok.pad_id if tok.pad_id is not None else 'none'}")
+        self.tokenizer = tok
+        first = data.rows[:, 0].cpu()
+        self.start_counts.copy_(torch.bincount(first, minlength=c.vocab)[: c.vocab].float())
+
+    def artifacts(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"start_counts": self.start_counts.detach().cpu()}
+        if self.tokenizer is not None:
+            out["tokenizer"] = self.tokenizer.to_json()
+        return out
+
+    def load_artifacts(self, artifacts: dict[str, Any]) -> None:
+        from genzoo.core.text import Tokenizer
+        if "tokenizer" in artifacts:
+            self.tokenizer = Tokenizer.from_json(artifacts["tokenizer"])
+        if "start_counts" in artifacts:
+            self.start_counts.copy_(artifacts["start_counts"])
+
+    # -- network -------------------------------------------------------------------------------
+    def forward(self, idx: torch.Tensor, caches: list[KVCache] | None = None, start: int = 0,
+                need_weights: bool = False) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """Token ids (B, T) at positions start..start+T-1 -> logits (B, T, vocab), and each
+        layer's attention weights when asked."""
+        T = idx.shape[1]
+        if start + T > self.config.context:
+            raise ValueError(f"{start + T} positions; the context is {self.config.context}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.dropout(self.token_embedding(idx) + self.position_embedding(pos))
+        weights = []
+        for i, block in enumerate(self.blocks):
+            x, w = block(x, caches[i] if caches is not None else None, need_weights)
+            weights.append(w)
+        return self.head(self.ln_f(x)), weights
+
+    def targets(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of token rows (B, T+1). Padding is ignored in the loss, except the
+        first pad after a document: it is the end-of-text token, so sampling knows when to stop."""
+        x, y = rows[:, :-1], rows[:, 1:]
+        pad = self.config.pad_id
+        if pad is None:
+            return x, y
+        return x, y.masked_fill((y == pad) & (x == pad), IGNORE)  # a pad read after a pad
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = self.targets(batch["x"])
+        logits, _ = self(x)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE)
+        return {"loss": nll}  # nats per token
+
+    @torch.no_grad()
+    def log_prob(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x, y = self.targets(batch["x"])
+        logits, _ = self(x)
+        nll = F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=IGNORE,
+                              reduction="none")
+        return -nll.sum(1)
+
+    def likelihood_units(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((self.targets(batch["x"])[1] != IGNORE).sum())
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token, as nanoGPT's ``estimate_mfu`` counts them: 6 per weight
+        that takes part in a matmul (2 forward, 4 backward) plus the attention scores and
+        their use, 12 * layers * heads * head_dim * T."""
+        c = self.config
+        T = seq_len or c.context
+        n = self.num_params() - self.position_embedding.weight.numel()
+        if not c.tie_weights:  # an untied token embedding is a lookup, not a matmul
+            n -= self.token_embedding.weight.numel()
+        return 6 * n + 12 * c.layers * c.heads * c.head_dim * T
+
+
+# -- sampling ------------------------------------------------------------------------------------
+
+@dataclass
+class GPTSamplerOptions(TokenOptions):
+    show_top: int = 3  # --show-attention: earlier tokens listed per head
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.show_top < 1:
+            raise ValueError(f"show_top must be >= 1, got {self.show_top}")
+
+
+class CachedSampler(Sampler):
+    """Ancestral sampling with temperature and top-k, one new token per step, reusing each
+    layer's keys and values (the KV cache).
+
+    Past the context, the window keeps its last half and the cache is refilled from it; the
+    ``naive`` sampler sees exactly the same windows, so both draw the same tokens from a seed."""
+
+    name = "cached"
+    Options = GPTSamplerOptions
+    inputs = {"prompt": "text to continue (default: a first token drawn as training rows start)"}
+    shows = {"attention": "which earlier tokens each new token attended to, per head (last layer)"}
+    use_cache = True
+
+    def check(self, model: GPT, inputs: dict[str, Any]) -> None:
+        o, c = self.options, model.config
+        if o.top_k is not None and o.top_k > c.vocab:
+            raise ConfigError(f"top_k {o.top_k} is larger than the vocabulary ({c.vocab} tokens)")
+        prompt = inputs.get("prompt")
+        if prompt:
+            ids = encode_prompt(model, prompt)
+            if len(ids) > c.context:
+                raise ConfigError(f"the prompt has {len(ids)} tokens but the model's context is "
+                                  f"{c.context}; shorten the prompt")
+
+    @torch.no_grad()
+    def sample(self, model: GPT, n: int, generator: torch.Generator, prompt: str | None = None,
+               show: tuple[str, ...] = ()) -> TextSample:
+        o, c = self.options, model.config
+        dev = model.device
+        if prompt:
+            ids = torch.tensor(encode_prompt(model, prompt), device=dev).expand(n, -1)
+        else:  # draw each row's first token as training rows start
+            counts = model.start_counts.float()
+            logits = counts.log() if counts.sum() > 0 else torch.zeros(c.vocab, device=dev)
+            ids = categorical(logits.expand(n, -1), generator)[:, None].to(dev)
+        seq = ids.clone()
+        prompt_len = seq.shape[1]
+        keep = max(1, c.context // 2)
+        want_attn = "attention" in show
+        attn_rows = []  # (absolute position of the new token, window start, weights (H, T))
+        done = torch.zeros(n, dtype=torch.bool, device=dev)
+        start = 0  # the window is seq[:, start:]; positions are counted from its start
+        caches = None
+        for _ in range(o.max_new_tokens):
+            if seq.shape[1] - start > c.context:  # full: keep the last half, refill the cache
+                start = seq.shape[1] - keep
+                caches = None
+            if self.use_cache:
+                if caches is None:
+                    caches = [KVCache(c.context) for _ in model.blocks]
+                    logits, w = model(seq[:, start:], caches, 0, want_attn)
+                else:
+                    pos = seq.shape[1] - 1 - start
+                    logits, w = model(seq[:, -1:], caches, pos, want_attn)
+            else:
+                logits, w = model(seq[:, start:], None, 0, want_attn)
+            logits = apply_temperature_top_k(logits[:, -1].float(), o.temperature, o.top_k)
+            nxt = categorical(logits, generator)
+            if c.pad_id is not None:  # after the end-of-text token, only padding
+                nxt = nxt.masked_fill(done, c.pad_id)
+                done |= nxt == c.pad_id
+            if want_attn:
+                attn_rows.append((seq.shape[1], start, w[-1][0, :, -1].cpu()))
+            seq = torch.cat([seq, nxt[:, None]], 1)
+            if bool(done.all()):
+                break
+        rows = seq.tolist()
+        tok = model.tokenizer
+        texts = [tok.decode(r) if tok else " ".join(map(str, r)) for r in rows]
+        out = TextSample(texts, rows, prompt or None)
+        if want_attn:
+            out.extras["attention"] = attention_text(rows[0], attn_rows, tok, prompt_len,
+                                                     o.show_top)
+            heat = attention_map(rows[0], attn_rows, tok)
+            if heat is not None:
+                out.extras["attention-map"] = heat
+        return out
+
+
+class NaiveSampler(CachedSampler):
+    """The reference: a full forward pass over the window for every new token (nanoGPT's
+    ``generate``). Same windows and draws as ``cached``, so the same tokens for a seed."""
+
+    name = "naive"
+    use_cache = False
+
+
+def encode_prompt(model: GPT, prompt: str) -> list[int]:
+    if model.tokenizer is None:
+        raise ConfigError("this model has no tokenizer (it was never trained on text), so it "
+                          "cannot read a prompt")
+    ids = model.tokenizer.encode_prompt(prompt)
+    if not ids:
+        raise ConfigError(f"prompt {prompt!r} holds no tokens")
+    return ids
+
+
+def _tok(tok: Any, i: int) -> str:
+    s = tok.token(i) if tok else str(i)
+    return {"": "<end>", "\n": "\\n", " ": "␣"}.get(s, s)
+
+
+def attention_text(row: list[int], attn_rows: list[tuple[int, int, torch.Tensor]], tok: Any,
+                   prompt_len: int, top: int) -> str:
+    """The book's view: for each new token, the earlier tokens each head attended to most."""
+    heads = attn_rows[0][2].shape[0] if attn_rows else 0
+    lines = [f"attention of sample 0 (last layer, {heads} heads): for each new token, the "
+             f"{top} earlier tokens each head attended to most, with their weights",
+             "prompt: " + " ".join(_tok(tok, i) for i in row[:prompt_len])]
+    for pos, start, w in attn_rows:
+        if pos >= len(row):
+            break
+        parts = []
+        for h in range(w.shape[0]):
+            k = min(top, w.shape[1])
+            vals, idx = w[h].topk(k)
+            parts.append(f"h{h + 1}: " + ", ".join(
+                f"{_tok(tok, row[start + int(j)])} {float(v):.2f}" for v, j in zip(vals, idx)))
+        lines.append(f"{_tok(tok, row[pos])!r:>16} <- " + " | ".join(parts))
+    return "\n".join(lines)
+
+
+def attention_map(row: list[int], attn_rows: list[tuple[int, int, torch.Tensor]], tok: Any,
+                  limit: int = 48) -> Any:
+    """Heat map per head: new tokens (rows) over every token so far (columns), last layer."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from genzoo.core.sample import ImageSample
+    attn_rows = [r for r in attn_rows if r[0] < len(row)][:limit]
+    if not attn_rows:
+        return None
+    heads = attn_rows[0][2].shape[0]
+    width = attn_rows[-1][0]  # columns: every token before the last new one shown
+    mats = np.zeros((heads, len(attn_rows), width))
+    for r, (pos, start, w) in enumerate(attn_rows):
+        mats[:, r, start:start + w.shape[1]] = w.numpy()
+    labels = [_tok(tok, i) for i in row[:width]]
+    fig, axes = plt.subplots(1, heads, figsize=(max(6, 0.22 * width) * heads, 0.22 * len(attn_rows) + 2),
+                             squeeze=False)
+    for h, ax in enumerate(axes[0]):
+        ax.imshow(mats[h], cmap="viridis", aspect="auto", vmin=0, vmax=1)
+        ax.set_title(f"head {h + 1}")
+        ax.set_xticks(range(width), labels, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(attn_rows)), [_tok(tok, row[p]) for p, _, _ in attn_rows], fontsize=6)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    from PIL import Image
+    buf.seek(0)
+    img = torch.from_numpy(np.array(Image.open(buf).convert("RGB"))).permute(2, 0, 1).float() / 255
+    return ImageSample(img[None], nrow=1)
