@@ -143,7 +143,7 @@ def test_samples_move_toward_the_data(tmp_path):
     over = {"data.name": "mnist-5k", "data.size": 16, "model.filters": 16, "model.max_filters": 32,
             "model.z_dim": 16, "train.batch_size": 32, "train.steps": 80, "train.lr": 1e-3,
             "train.sample_every": 0, "train.log_every": 50}
-    data_mean = load(DataConfig(name="mnist-5k", size=16, channels=1)).x.mean(0)
+    data_mean = load(DataConfig(name="mnist-5k", size=16, channels=1)).images().mean(0)
 
     def distance(model):
         x = PriorSampler().sample(model.eval(), 256, torch.Generator().manual_seed(1))
@@ -201,8 +201,8 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
 
 def test_prior_sampler_is_seeded_and_truncates(runs):
     loaded = api.load_run(runs["wgan-gp"].path)
-    a, b = loaded.sample(4, seed=3), loaded.sample(4, seed=3)
-    assert torch.equal(a, b) and not torch.equal(a, loaded.sample(4, seed=4))
+    a, b = loaded.sample(4, seed=3).images, loaded.sample(4, seed=3).images
+    assert torch.equal(a, b) and not torch.equal(a, loaded.sample(4, seed=4).images)
     s = PriorSampler(truncation=0.5)
     z = s.latent(loaded.model, 200, torch.Generator().manual_seed(0))
     assert z.abs().max() <= 0.5

@@ -14,8 +14,8 @@ def test_train_on_cuda_with_autocast_and_sample_on_both_devices(tmp_path):
                                           "log_every": 10}, out=tmp_path / "run", progress=False)
     losses = [m["loss"] for m in run.metrics() if "split" not in m]
     assert losses[-1] < losses[0]
-    cpu = api.load_run(run.path, device="cpu").sample(4, seed=1)
-    gpu = api.load_run(run.path, device="cuda").sample(4, seed=1)
+    cpu = api.load_run(run.path, device="cpu").sample(4, seed=1).images
+    gpu = api.load_run(run.path, device="cuda").sample(4, seed=1).images
     assert gpu.shape == cpu.shape == (4, 1, 16, 16)
     # uniforms come from a CPU generator: same seed, same draws; logits differ only by rounding
     assert (gpu.cpu() == cpu).float().mean() > 0.9
@@ -52,5 +52,5 @@ def test_every_model_trains_with_bf16_autocast_on_cuda(name, tmp_path):
                                     "log_every": 1}, out=tmp_path / "run", progress=False)
     assert len([m for m in run.metrics() if "split" not in m]) == 3
     loaded = api.load_run(run.path, device="cuda")
-    images = loaded.sample(4, seed=0)
+    images = loaded.sample(4, seed=0).images
     assert images.shape[0] == 4 and 0 <= float(images.min()) and float(images.max()) <= 1

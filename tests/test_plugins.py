@@ -129,7 +129,7 @@ def test_plugin_model_trains_and_samples_like_a_builtin(installed, tmp_path):
                                                                      "sample_every": 0})
     losses = [m["loss"] for m in run.metrics() if "split" not in m]
     assert losses[-1] < losses[0]
-    images = genzoo.load_run(str(run.path)).sample(4, seed=0)
+    images = genzoo.load_run(str(run.path)).sample(4, seed=0).images
     assert images.shape == (4, 1, 16, 16)
     assert 0 <= float(images.min()) and float(images.max()) <= 1
 
@@ -205,7 +205,7 @@ def test_plugin_can_add_a_sampler_to_a_builtin_family_and_a_command(monkeypatch)
     reg = registry.registry()
     assert reg.get_family("pixelcnn").sampler_class("greedy") is Greedy
     import genzoo.cli as zcli
-    zcli._load_plugin_commands()
+    zcli._load_plugin_commands(zcli.cli)
     try:
         assert CliRunner().invoke(zcli.cli, ["hello"]).output.strip() == "hello from a plugin"
     finally:

@@ -166,17 +166,17 @@ def test_vae_fitted_sampler_draws_around_the_posterior_means(tiny_run):
     model = loaded.model
     z = latent.encode(model, load(DataConfig(name="fashion-mnist-1k", size=32), "train").x)
     assert torch.allclose(model.embed_mean, z.mean(0), atol=0.5 * float(z.std(0).max()))
-    a = loaded.sample(4, seed=1, sampler="fitted")
-    assert torch.equal(a, loaded.sample(4, seed=1, sampler="fitted"))
-    assert not torch.equal(a, loaded.sample(4, seed=1))  # the prior sampler: N(0, I)
+    a = loaded.sample(4, seed=1, sampler="fitted").images
+    assert torch.equal(a, loaded.sample(4, seed=1, sampler="fitted").images)
+    assert not torch.equal(a, loaded.sample(4, seed=1).images)  # the prior sampler: N(0, I)
 
 
 def test_samples_are_reproducible_with_a_seed(tiny_run, tmp_path):
     run = tiny_run("vae-fashion")
     loaded = genzoo.load_run(str(run.path))
-    a, b, c = loaded.sample(6, seed=3), loaded.sample(6, seed=3), loaded.sample(6, seed=4)
+    a, b, c = loaded.sample(6, seed=3).images, loaded.sample(6, seed=3).images, loaded.sample(6, seed=4).images
     assert a.shape == (6, 1, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
-    cool = loaded.sample(6, seed=3, temperature=0.1)
+    cool = loaded.sample(6, seed=3, temperature=0.1).images
     assert float(cool.std(0).mean()) < float(a.std(0).mean())  # near the prior mean: less varied
     outs = [tmp_path / f"s{i}.png" for i in range(2)]
     for out in outs:
@@ -243,10 +243,17 @@ def test_latent_commands_write_pngs(faces_run, tmp_path):
         assert res.exit_code == 0, (command, res.output)
         assert out.read_bytes()[:4] == b"\x89PNG", command
     from PIL import Image
-    # attribute grid: 3 rows of (input + 3 scales) 16px cells with 1px padding
-    assert Image.open(tmp_path / "attribute.png").size == (4 * 17 + 1, 3 * 17 + 1)
+    from genzoo.core.sample import upscale_factor
+
+    def grid(cols, rows, side=16):  # cells upscaled (nearest) so the grid is >= 512 px wide
+        f = upscale_factor(side, cols)
+        pad = max(1, f // 2)
+        return cols * (side * f + pad) + pad, rows * (side * f + pad) + pad
+    # attribute grid: 3 rows of (input + 3 scales)
+    assert Image.open(tmp_path / "attribute.png").size == grid(4, 3)
     # interpolate with an encoder: inputs at both ends, one row per pair and method
-    assert Image.open(tmp_path / "interpolate.png").size == (6 * 17 + 1, 4 * 17 + 1)
+    assert Image.open(tmp_path / "interpolate.png").size == grid(6, 4)
+    assert grid(6, 4)[0] >= 512
     res = invoke("attribute", faces_run, "--attribute", "Smiling", "--out", tmp_path / "a.png")
     assert "Smiling: " in res.output and " with, " in res.output
 

@@ -89,8 +89,9 @@ def check_inputs(sampler: Sampler, family: str, inputs: dict[str, Any]) -> dict[
     for key in inputs:
         if key not in sampler.inputs:
             takes = ", ".join(f"--{k}" for k in sampler.inputs) or "no inputs"
+            why = " (it is an unconditional model)" if key == "label" else ""
             raise ConfigError(f"--{key} given, but sampler {sampler.name!r} of family {family!r} "
-                              f"takes {takes}")
+                              f"takes {takes}{why}")
     if shows:
         shows = [shows] if isinstance(shows, str) else list(shows)
         for s in shows:

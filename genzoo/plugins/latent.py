@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import torch
 
+from genzoo.core.data import to_float
 from genzoo.core.sampler import Sampler
 from genzoo.errors import ConfigError, DataError
 
@@ -94,8 +95,10 @@ def _device(model: Any) -> torch.device:
 # -- encode / decode --------------------------------------------------------------------------
 
 def encode(model: Any, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Images in [0, 1] (n, C, H, W) -> latents (n, latent_dim), batched, on the CPU."""
+    """Images in [0, 1] (n, C, H, W) (or uint8 0..255) -> latents (n, latent_dim), batched, on
+    the CPU."""
     require_encoder(model, "encoding")
+    x = to_float(x)
     check_images(model, x)
     if len(x) == 0:
         return torch.zeros(0, model.latent_dim)
@@ -242,7 +245,8 @@ def reconstruction_error(model: Any, x: torch.Tensor, reference: torch.Tensor | 
                          batch_size: int = 256) -> dict[str, float]:
     """Per-pixel MSE of decode(encode(x)) against the MSE of always answering the mean image of
     `reference` (default: x itself), the best any model can do without looking at the input."""
-    x = x.float()
+    x = to_float(x)
+    reference = to_float(reference) if reference is not None else None
     x_hat = reconstruct(model, x, batch_size)
     mean_image = (x if reference is None else reference.float()).mean(0, keepdim=True)
     mse = float(((x_hat - x) ** 2).mean())
