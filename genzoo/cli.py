@@ -403,6 +403,31 @@ def sample(run: str, n: int, sampler_name: str | None, sets: tuple[str, ...], pr
     _preview(result)
 
 
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.option("--out", type=click.Path(), help="PNG path (default RUN/loss.png).")
+@click.option("--keys", help="Comma-separated metrics to draw (default: every logged one).")
+def plot(run: str, out: str | None, keys: str | None) -> None:
+    """Draw a RUN's logged metrics, one axis per quantity (training line, test points).
+
+    \b
+    Example:
+      zoo plot runs/pixelcnn-20261125-101500 --keys loss,bits_per_dim
+    """
+    from genzoo.core.checkpoint import Run
+    from genzoo.core.plots import loss_curve
+    r = Run.open(run)
+    if not r.metrics():
+        raise click.ClickException(f"{run} has no logged metrics yet (metrics.jsonl is empty)")
+    names = [k.strip() for k in keys.split(",") if k.strip()] if keys else None
+    logged = {k for m in r.metrics() for k in m}
+    unknown = [k for k in names or [] if k not in logged]
+    if unknown:
+        raise click.ClickException(f"unknown metric {unknown[0]!r}; logged: "
+                                   f"{', '.join(sorted(logged))}")
+    click.echo(f"wrote {loss_curve(r, Path(out) if out else None, names)}")
+
+
 @cli.command("eval")
 @click.argument("run", type=click.Path())
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]))

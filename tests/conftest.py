@@ -8,6 +8,9 @@ os.environ.setdefault("GENZOO_DATA", os.path.join(os.path.dirname(__file__), ".d
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
+    # default run folders (runs/NAME-TIME) and any relative output land in tmp_path, never in
+    # the checkout
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GENZOO_DATA", str(tmp_path / "data-root"))
     monkeypatch.delenv("GENZOO_LOAD_PLUGINS", raising=False)
     monkeypatch.delenv("GENZOO_STRICT_PLUGINS", raising=False)

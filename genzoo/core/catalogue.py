@@ -33,3 +33,22 @@ def markdown_table(entries: list[Any]) -> str:
 
 def readme_block(entries: list[Any]) -> str:
     return f"{README_BEGIN}\n{markdown_table(entries)}\n{README_END}"
+
+
+def update_readme(path: str = "README.md") -> bool:
+    """Rewrite the generated block of the README in place; True when it changed."""
+    from pathlib import Path
+    from genzoo.core.registry import registry
+    p = Path(path)
+    text = p.read_text()
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    entries = [e for e in registry().list() if e.source == "built-in"]
+    new = head + readme_block(entries) + tail
+    if new != text:
+        p.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":  # python -m genzoo.core.catalogue: refresh README.md's families table
+    print("README.md updated" if update_readme() else "README.md already up to date")

@@ -1,25 +1,49 @@
 """Matplotlib figures written next to a run (Agg backend: no display needed)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+SKIP = ("step", "epoch", "lr", "samples_per_s", "time", "split", "error")
 
-def loss_curve(run: Any, path: Path | None = None) -> Path:
+
+def loss_curve(run: Any, path: Path | None = None, keys: list[str] | None = None) -> Path:
+    """One axis per logged quantity (loss, nll, bits/dim, energies ...), training records as a
+    line and held-out records as points, so a small quantity is never a flat line at zero
+    beside a large one."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    records = [m for m in run.metrics() if "split" not in m and "loss" in m]
-    path = Path(path or run.path / "loss.png")
-    keys = [k for k in records[0] if k not in ("step", "epoch", "lr", "samples_per_s", "time")] \
-        if records else []
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for k in keys:
-        ax.plot([m["step"] for m in records], [m.get(k) for m in records], label=k)
-    ax.set_xlabel("step")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    from genzoo.core.checkpoint import atomic_write
+    metrics = run.metrics()
+    records = [m for m in metrics if "split" not in m]
+    held_out = [m for m in metrics if m.get("split") == "test"]
+    if keys is None:
+        keys = []
+        for m in records:
+            keys += [k for k, v in m.items() if k not in SKIP and k not in keys
+                     and isinstance(v, (int, float))]
+    keys = keys or ["loss"]
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, k in zip(axes.flat, keys):
+        pts = [(m["step"], m[k]) for m in records if isinstance(m.get(k), (int, float))]
+        if pts:
+            ax.plot(*zip(*pts), label="train", lw=1.2)
+        test = [(m["step"], m[k]) for m in held_out if isinstance(m.get(k), (int, float))]
+        if test:
+            ax.scatter(*zip(*test), color="tab:red", zorder=3, label="test")
+            ax.legend(fontsize=8)
+        ax.set_title(k)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(str(getattr(run, "path", "")), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    path = Path(path or run.path / "loss.png")
+    atomic_write(path, lambda p: fig.savefig(p, dpi=100, format="png"))
     plt.close(fig)
     return path
