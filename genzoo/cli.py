@@ -434,7 +434,8 @@ def plot(run: str, out: str | None, keys: str | None) -> None:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "json_out", type=click.Path(), help="Also write the figures as JSON.")
 def eval_cmd(run: str, split: str, device: str, json_out: str | None) -> None:
-    """Evaluate a RUN on its dataset: NLL in nats and bits/dim for likelihood models.
+    """Evaluate a RUN on its dataset: its loss terms and, for likelihood models, NLL in the
+    modality's units (bits/dim for images, nats/token + perplexity for text, nats/point).
 
     \b
     Example:
