@@ -18,6 +18,9 @@ from genzoo.core.trainer import TrainConfig, validate_train
 from genzoo.errors import ConfigError
 
 SECTION_CLASSES = {"train": TrainConfig, "data": DataConfig}
+# data keys that only mean something for images: set for text or points data, they fail rather
+# than being silently ignored
+IMAGE_ONLY_DATA_KEYS = ("size", "channels", "pad", "label")
 
 
 def split_overrides(overrides: dict[str, Any], model_cls: type) -> dict[str, dict[str, Any]]:
@@ -85,6 +88,10 @@ def plan(name: str, preset: str = "quick", overrides: dict[str, Any] | None = No
         raise ConfigError(f"{entry.name} ({entry.family}) models {wants} data, but dataset "
                           f"{data.name!r} is {spec.modality}; {wants} datasets: "
                           f"{', '.join(fitting) or 'none registered'}")
+    image_only = [k for k in IMAGE_ONLY_DATA_KEYS if base["data"].get(k) not in (None, 0)]
+    if image_only and spec.modality != "image":
+        raise ConfigError(f"data option {image_only[0]!r} applies to images, but {entry.name} "
+                          f"trains on {spec.modality} ({data.name}); drop it")
     return Plan(entry, family, model_cls, preset, base["model"], train, data,
                 entry.sampler or family.default_sampler)
 

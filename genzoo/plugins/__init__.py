@@ -42,6 +42,14 @@ def register_models(register: Callable[..., None]) -> None:
 
 
 @hookimpl
+def register_writers(register: Callable[..., None]) -> None:
+    """Writers for sample kinds the built-in families show their own way (the registry's
+    ``writers`` section: a flow's density heat map, its data -> latent scatter)."""
+    for kind, writer in catalogue().get("writers", {}).items():
+        register(kind, writer)
+
+
+@hookimpl
 def register_commands(cli: Any) -> None:
     """The latent-space tools (zoo reconstruct / interpolate / latent-plot / attribute), added
     the way any plugin adds commands."""
