@@ -1,0 +1,137 @@
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import genzoo
+from genzoo.cli import cli
+from genzoo.core.sampler import draw
+from genzoo.plugins.pixelcnn_md import (CachedSampler, NaiveSampler, PixelCNNMD, PixelCNNMDConfig,
+                                        discretised_logistic_log_prob, mixture_log_prob,
+                                        params_per_pixel)
+
+
+def tiny(channels=1, size=6, **kw):
+    torch.manual_seed(0)
+    return PixelCNNMD(PixelCNNMDConfig(image_size=size, channels=channels, filters=8, blocks=2,
+                                       **kw)).eval()
+
+
+ALL_LEVELS = torch.arange(256, dtype=torch.float64) / 127.5 - 1
+
+
+@pytest.mark.parametrize("mean,log_scale", [(0.0, -3.0), (-1.0, -5.0), (1.0, -5.0), (0.3, 0.5),
+                                            (-0.999, -7.0), (2.0, -1.0), (0.5, -7.0)])
+def test_discretised_logistic_sums_to_one_edge_bins_included(mean, log_scale):
+    lp = discretised_logistic_log_prob(ALL_LEVELS[:, None], torch.tensor([[mean]], dtype=torch.float64),
+                                       torch.tensor([[log_scale]], dtype=torch.float64))
+    assert torch.isfinite(lp).all()
+    assert math.isclose(float(lp.exp().sum()), 1.0, abs_tol=1e-4)
+
+
+def test_mixture_per_pixel_sums_to_one_over_the_256_values():
+    torch.manual_seed(1)
+    K = 5
+    params = torch.randn(1, params_per_pixel(1, K), 1, 1, dtype=torch.float64).expand(256, -1, -1, -1)
+    lp = mixture_log_prob(params, ALL_LEVELS.view(256, 1, 1, 1), 1, K)
+    assert math.isclose(float(lp.exp().sum()), 1.0, abs_tol=1e-4)
+
+
+def test_rgb_channel_conditioning_is_the_papers():
+    """K=1: P(r, g, b) = P(r) P(g | r) P(b | r, g) with mu_g + c0 r, mu_b + c1 r + c2 g, so
+    the joint sums to 1 over the 256^3 values because each factor does (test above)."""
+    torch.manual_seed(2)
+    p = torch.randn(params_per_pixel(3, 1), dtype=torch.float64)
+    # layout: [logit | means r g b | log-scales r g b | coefficients]
+    mu, ls, c = p[1:4], p[4:7].clamp(min=-7), torch.tanh(p[7:10])
+    x = torch.tensor([0.2, -0.6, 0.9], dtype=torch.float64)
+    want = (discretised_logistic_log_prob(x[0], mu[0], ls[0])
+            + discretised_logistic_log_prob(x[1], mu[1] + c[0] * x[0], ls[1])
+            + discretised_logistic_log_prob(x[2], mu[2] + c[1] * x[0] + c[2] * x[1], ls[2]))
+    got = mixture_log_prob(p.view(1, -1, 1, 1), x.view(1, 3, 1, 1), 3, 1)
+    assert torch.allclose(got.flatten(), want.view(1))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_network_never_sees_the_current_or_future_pixels(channels):
+    model = tiny(channels, size=7, dilations=[1, 2]).double()
+    levels = torch.randint(0, 256, (1, channels, 7, 7))
+    for (i, j) in [(0, 0), (3, 3), (6, 6), (2, 0)]:
+        x = model.network_input(levels).detach().requires_grad_(True)
+        model.net(x)[0, :, i, j].sum().backward()
+        g = x.grad[0, :channels].abs().sum(0)  # the image channels (the ones channel is constant)
+        future = torch.zeros(7, 7, dtype=torch.bool)
+        future[i, j:] = True  # the pixel itself and everything after it in raster order
+        future[i + 1:] = True
+        assert g[future].sum() == 0, (i, j)
+        if (i, j) == (3, 3):  # no blind spot: above-right and left pixels are seen
+            assert g[2, 5] > 0 and g[3, 1] > 0 and g[1, 3] > 0
+
+
+def test_cached_and_naive_samplers_draw_identical_images():
+    for channels in (1, 3):
+        model = tiny(channels, dilations=[1, 2]).double()
+        a = NaiveSampler().sample(model, 3, torch.Generator().manual_seed(7))
+        b = CachedSampler().sample(model, 3, torch.Generator().manual_seed(7))
+        c = CachedSampler().sample(model, 3, torch.Generator().manual_seed(8))
+        assert a.shape == (3, channels, 6, 6)
+        assert torch.equal(a, b)
+        assert not torch.equal(b, c)
+        assert torch.equal((a * 255).round(), a * 255)  # on the 256-level grid
+
+
+def test_sampling_is_reproducible_for_a_seed_and_options_apply():
+    model = tiny()
+    a = draw(model, CachedSampler(), 2, torch.Generator().manual_seed(3)).images
+    b = draw(model, CachedSampler(), 2, torch.Generator().manual_seed(3)).images
+    assert torch.equal(a, b)
+    assert CachedSampler(size=4).sample(model, 2, torch.Generator().manual_seed(0)).shape == (2, 1, 4, 4)
+    with pytest.raises(Exception, match="temperature"):
+        CachedSampler(temperature=0)
+
+
+def test_log_prob_matches_loss_in_nats_and_bits():
+    model = tiny(size=8)
+    x = torch.randint(0, 256, (4, 1, 8, 8)).float() / 255
+    lp = model.log_prob({"x": x})
+    with torch.no_grad():
+        out = model.loss({"x": x})
+    assert lp.shape == (4,)
+    assert math.isclose(float(-lp.mean()), float(out["nll"]), rel_tol=1e-5)
+    assert math.isclose(float(out["loss"]), float(out["nll"]) / 64, rel_tol=1e-6)
+    assert math.isclose(float(out["bits_per_dim"]), float(out["loss"]) / math.log(2), rel_tol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("md") / "run"
+    return genzoo.train("pixelcnn-md", out=str(out), progress=False, **{
+        "train.steps": 60, "lr": 5e-3, "filters": 8, "blocks": 1, "batch_size": 16,
+        "sample_every": 0, "log_every": 10, "data.size": 12, "data.pad": 2, "sample_n": 4,
+        "warmup_steps": 0})
+
+
+def test_loss_falls_on_real_data(run):
+    losses = [m["bits_per_dim"] for m in run.metrics() if "split" not in m]
+    assert losses[0] > losses[-1] + 1.0  # from ~8 bits/dim (uniform over 256 levels) down
+    test = [m for m in run.metrics() if m.get("split") == "test"][0]
+    assert test["bits_per_dim"] < 6.0
+
+
+def test_cli_bad_sampler_options_and_show_chain_give_one_line(run):
+    for args, words in ([["--set", "temperature=-1"], "temperature"],
+                        [["--show-chain"], "chain"],
+                        [["--set", "steps=3"], "steps"]):
+        result = CliRunner().invoke(cli, ["sample", str(run.path), "--n", "2", *args])
+        assert result.exit_code != 0
+        lines = [line for line in result.output.strip().splitlines() if line.strip()]
+        assert len(lines) == 1 and "Traceback" not in result.output, result.output
+        assert words in lines[0]
+
+
+def test_cli_sample_writes_a_grid(run, tmp_path):
+    result = CliRunner().invoke(cli, ["sample", str(run.path), "--n", "4", "--out",
+                                      str(tmp_path / "s.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "s.png").stat().st_size > 0
