@@ -107,7 +107,7 @@ def test_loss_falls_on_real_text():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[0] > math.log(65) - 0.3  # starts near uniform over 65 characters
     assert sum(losses[-10:]) / 10 < 2.9  # unigram statistics and beyond (uniform: 4.17)
 
@@ -194,3 +194,17 @@ def test_bad_model_config_is_one_line():
     one_line_error(res, "not divisible by heads")
     res = CliRunner().invoke(cli, ["train", "gpt", "--set", "data.seq_len=100", "--steps", "1"])
     one_line_error(res, "--set context=100")
+
+
+def test_tied_character_model_saves_loads_and_continues_a_prompt(tmp_path):
+    cfg = {"train.steps": 2, "layers": 1, "embed_dim": 32, "heads": 2, "ff_dim": 64,
+           "batch_size": 4, "sample_every": 0}
+    run = api.train("gpt-shakespeare", "quick", cfg, out=tmp_path / "run", progress=False)
+    assert "head.weight" not in ckpt.load_tensors(run.path / "model.safetensors")  # saved once
+    loaded = api.load_run(run.path)
+    assert loaded.model.head.weight is loaded.model.token_embedding.weight
+    s = loaded.sample(2, seed=0, inputs={"prompt": "ROMEO:"}, max_new_tokens=20)
+    assert all(t.startswith("ROMEO:") and len(t) == 26 for t in s.texts)
+    res = CliRunner().invoke(cli, ["sample", str(run.path), "--n", "1", "--prompt", "naïve ~"])
+    one_line_error(res, "outside the vocabulary")
+

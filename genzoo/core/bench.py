@@ -91,8 +91,13 @@ def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: i
             model.training_step(cached[i % len(cached)], optimizers, ctx)
 
     times = timeit(steps, repeats, 1, dev)
+    step_times = [t / steps_per_repeat for t in times]
     out.append(record(name, dev, "train_throughput", f"{setting} (training_step)",
-                      [steps_per_repeat * bs / t for t in times], "samples/s"))
+                      [bs / t for t in step_times], "samples/s"))
+    seq_len = getattr(data, "seq_len", None) if getattr(data, "modality", "") == "text" else None
+    if seq_len:
+        out.append(record(name, dev, "train_throughput", f"{setting} seq_len={seq_len} (training_step)",
+                          [bs * seq_len / t for t in step_times], "tokens/s"))
 
     # the full trainer loop (batching, logging, lr schedule) on the same model
     def loop() -> None:
@@ -111,6 +116,18 @@ def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: i
     if flops:
         out.append(record(name, dev, "train_flops", f"{setting} fwd+bwd per sample",
                           [flops / bs], "FLOP"))
+    # model FLOPs utilisation against the matmul peak measured now, on this device and dtype
+    peak = matmul_peak(dev, ctx.dtype or torch.float32)
+    out.append(record(name, dev, "matmul_peak", f"{peak['setting']} (same run)", peak["values"],
+                      "FLOP/s"))
+    peak_flops = statistics.median(peak["values"])
+    if flops:
+        out.append(record(name, dev, "mfu", f"{setting} FLOP counter fwd+bwd / matmul peak",
+                          [flops / t / peak_flops for t in step_times], "fraction"))
+    if seq_len and hasattr(model, "flops_per_token"):  # nanoGPT's estimate_mfu: 6N + attention
+        per_step = model.flops_per_token(seq_len) * seq_len * bs
+        out.append(record(name, dev, "mfu", f"{setting} (6N + attention) per token / matmul peak",
+                          [per_step / t / peak_flops for t in step_times], "fraction"))
 
     model.eval()
     family = registry().get_family(p.entry.family)
@@ -125,6 +142,22 @@ def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: i
         out.append(record(name, dev, "sample_latency", f"sampler={sname} n={n_samples}",
                           [t / n_samples for t in times], "s/sample"))
     return out
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, size: int | None = None,
+                repeats: int = 5) -> dict[str, Any]:
+    """The machine's measured matmul rate (FLOP/s): square GEMMs big enough to reach the peak,
+    the denominator of model FLOPs utilisation (nanoGPT's ``estimate_mfu`` assumes an A100's
+    312 TFLOPS; a measured one also fits a shared CPU)."""
+    n = size or (8192 if device.type == "cuda" else 1024)
+    if device.type == "cpu" and dtype not in (torch.float32, torch.float64, torch.bfloat16):
+        dtype = torch.float32
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    reps = 10 if device.type == "cuda" else 3
+    times = timeit(lambda: [torch.mm(a, b) for _ in range(reps)], repeats, 1, device)
+    return {"values": [2 * n ** 3 * reps / t for t in times],
+            "setting": f"{n}x{n} {str(dtype).replace('torch.', '')} matmul"}
 
 
 def train_flops(model: Any, batch: dict[str, torch.Tensor], optimizers: Any, ctx: Any) -> int:

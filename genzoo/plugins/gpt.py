@@ -196,8 +196,10 @@ class GPT(Model):
                   c.bias, eps) for _ in range(c.layers))
         self.ln_f = nn.LayerNorm(c.embed_dim, bias=c.bias) if c.norm == "pre" else nn.Identity()
         self.head = nn.Linear(c.embed_dim, c.vocab, bias=c.bias and not c.tie_weights)
-        if c.tie_weights:
+        if c.tie_weights:  # one tensor, saved once (safetensors refuses shared storage)
             self.head.weight = self.token_embedding.weight
+            self.register_state_dict_post_hook(_drop_tied_head)
+            self.register_load_state_dict_pre_hook(_tie_head_on_load)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
             if name.endswith("attn.proj.weight") or name.endswith("ff.2.weight"):
@@ -302,6 +304,15 @@ class GPT(Model):
         if not c.tie_weights:  # an untied token embedding is a lookup, not a matmul
             n -= self.token_embedding.weight.numel()
         return 6 * n + 12 * c.layers * c.heads * c.head_dim * T
+
+
+def _drop_tied_head(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    state_dict.pop(prefix + "head.weight", None)
+
+
+def _tie_head_on_load(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    if prefix + "token_embedding.weight" in state_dict:
+        state_dict[prefix + "head.weight"] = state_dict[prefix + "token_embedding.weight"]
 
 
 # -- sampling ------------------------------------------------------------------------------------
