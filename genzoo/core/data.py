@@ -418,22 +418,39 @@ def _label_from_attribute(data: ImageData, label: str) -> ImageData:
 
 class StepBatches:
     """Batch for global step `s` is a pure function of (seed, s): resuming at step k replays
-    exactly the order an uninterrupted run would have seen, with no loader state to save."""
+    exactly the order an uninterrupted run would have seen, with no loader state to save.
+    With ``world`` > 1 (distributed training) rank `rank` gets its contiguous share of the same
+    global batch, so the ranks together see exactly what one process would."""
 
     def __init__(self, data: Any, batch_size: int, seed: int,
-                 drop_last: bool = True):
+                 drop_last: bool = True, rank: int = 0, world: int = 1):
         n = len(data)
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
+        if batch_size > n:
+            raise DataError(f"batch_size {batch_size} is larger than the {n} training examples; "
+                            f"use --batch-size {n} or less (or more data)")
+        if batch_size % world:
+            raise DataError(f"batch_size {batch_size} does not split evenly over {world} "
+                            f"processes; use a multiple of {world}")
         self.data, self.seed = data, seed
-        self.batch_size = min(batch_size, n)
+        self.batch_size = batch_size
+        self.rank, self.world = rank, world
         self.per_epoch = n // self.batch_size if drop_last else -(-n // self.batch_size)
         self._epoch, self._perm = -1, None
 
-    def __call__(self, step: int) -> dict[str, Any]:
+    def index(self, step: int) -> Any:
+        """The example indices of step `step` (this rank's share of them)."""
         import torch
         epoch, i = divmod(step, self.per_epoch)
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             self._perm, self._epoch = torch.randperm(len(self.data), generator=g), epoch
-        return self.data.batch(self._perm[i * self.batch_size:(i + 1) * self.batch_size])
+        rows = self._perm[i * self.batch_size:(i + 1) * self.batch_size]
+        if self.world > 1:
+            share = self.batch_size // self.world
+            rows = rows[self.rank * share:(self.rank + 1) * share]
+        return rows
+
+    def __call__(self, step: int) -> dict[str, Any]:
+        return self.data.batch(self.index(step))

@@ -16,6 +16,7 @@ import torch
 
 from genzoo.core import checkpoint as ckpt
 from genzoo.core import config as configlib
+from genzoo.core import distributed as dist
 from genzoo.core import sample as samplelib
 from genzoo.core.data import DataConfig
 from genzoo.core.data import load as load_data
@@ -23,7 +24,7 @@ from genzoo.core.factory import Plan, build_model, plan, versions
 from genzoo.core.registry import FamilyEntry, registry
 from genzoo.core.sampler import draw
 from genzoo.core.trainer import TrainConfig, Trainer, pick_device, validate_train
-from genzoo.errors import CheckpointError, ConfigError
+from genzoo.errors import CheckpointError, ConfigError, GenzooError
 
 
 def sample_writer(run: ckpt.Run, family: FamilyEntry, sampler_name: str | None,
@@ -56,60 +57,130 @@ def train(name: str, preset: str = "quick", overrides: dict[str, Any] | None = N
           out: str | os.PathLike | None = None, progress: bool = True,
           stop_after: int | None = None) -> ckpt.Run:
     """Train a registry model from scratch; returns the run folder. Everything that can fail on
-    the user's input (config, data, model build) happens before the run folder exists."""
+    the user's input (config, data, model build) happens before the run folder exists. Under
+    torchrun every rank trains its share and rank 0 alone writes the run."""
     p = plan(name, preset, overrides)
-    data = load_data(p.data, "train")
-    torch.manual_seed(p.train.seed)
-    model = build_model(p, data)
-    model.setup(data)
-    run = ckpt.Run.create(p.entry.name, out)
+    owned = not dist.active() and dist.init(p.train.device)
     try:
-        run.write_config(_config_record(p, model, overrides))
-        trainer = Trainer(model, data, p.train, run,
-                          sample_writer(run, p.family, p.sampler, {}, p.train.seed, data),
-                          progress=progress)
-    except BaseException:
-        run.discard()
-        raise
-    trainer.fit(stop_after=stop_after)
-    _finish(run, trainer, p.data)
-    return run
+        data = load_data(p.data, "train")
+        torch.manual_seed(p.train.seed)
+        model = build_model(p, data)
+        model.setup(data)
+        run, lock = _on_main(lambda: ckpt.Run.create(p.entry.name, out), fresh=True)
+        try:
+            if dist.is_main():
+                run.write_config(_config_record(p, model, overrides))
+            trainer = Trainer(model, data, p.train, run,
+                              sample_writer(run, p.family, p.sampler, {}, p.train.seed, data),
+                              progress=progress)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+                run.discard()
+            raise
+        try:
+            trainer.fit(stop_after=stop_after)
+            if dist.is_main():
+                _finish(run, trainer, p.data)
+        finally:
+            if lock is not None:
+                lock.release()
+        return run
+    finally:
+        if owned:
+            dist.shutdown()
 
 
 def resume(path: str | os.PathLike, steps: int | None = None, progress: bool = True,
            device: str | None = None, stop_after: int | None = None) -> ckpt.Run:
     """Continue a run from its last checkpoint (optionally to a new total of `steps`). The
-    run's config is rewritten only after its checkpoint has loaded."""
+    run's config is rewritten only after its checkpoint has loaded; a run being trained by
+    another process is refused (RUN/.lock)."""
     run = ckpt.Run.open(path)
     cfg = run.read_config()
-    if not (run.path / ckpt.TRAINER_JSON).exists():
-        raise CheckpointError(f"{run.path} has no trainer state to resume from")
-    family = registry().get_family(_field(cfg, "family", run))
-    model_cls = family.model_class()
-    train_cfg = configlib.build(TrainConfig, _field(cfg, "train", run), what="train")
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{run.config_path} is not a genzoo run config")
+    train_cfg = configlib.build(TrainConfig, _field(cfg, "train", run, dict), what="train")
     if steps is not None:
         train_cfg.steps, train_cfg.epochs = steps, None
     if device is not None:
         train_cfg.device = device
     validate_train(train_cfg)
-    data_cfg = configlib.build(DataConfig, _field(cfg, "data", run), what="data")
-    data = load_data(data_cfg, "train")
-    model = model_cls(configlib.build(model_cls.Config, _field(cfg, "model", run), what="model"))
-    trainer = Trainer(model, data, train_cfg, run,
-                      sample_writer(run, family, cfg.get("sampler"), cfg.get("sampler_options", {}),
-                                    train_cfg.seed, data), progress=progress)
-    trainer.restore()
-    if steps is not None:
-        cfg["train"]["steps"], cfg["train"]["epochs"] = steps, None
-        run.write_config(cfg)
-    trainer.fit(stop_after=stop_after)
-    _finish(run, trainer, data_cfg)
-    return run
+    owned = not dist.active() and dist.init(train_cfg.device)
+    try:
+        def take() -> ckpt.Run:
+            lock = ckpt.RunLock(run.path).acquire()
+            try:
+                ckpt.recover(run.path)  # after a kill: finish or drop a half-written checkpoint
+            except BaseException:
+                lock.release()
+                raise
+            run.lock = lock
+            return run
+        _, lock = _on_main(take)
+        try:
+            if not (run.path / ckpt.TRAINER_JSON).exists():
+                raise CheckpointError(f"{run.path} has no trainer state to resume from")
+            family = registry().get_family(_field(cfg, "family", run, str))
+            model_cls = family.model_class()
+            data_cfg = configlib.build(DataConfig, _field(cfg, "data", run, dict), what="data")
+            data = load_data(data_cfg, "train")
+            model = model_cls(configlib.build(model_cls.Config, _field(cfg, "model", run, dict),
+                                              what="model"))
+            trainer = Trainer(model, data, train_cfg, run,
+                              sample_writer(run, family, cfg.get("sampler"),
+                                            cfg.get("sampler_options") or {}, train_cfg.seed, data),
+                              progress=progress)
+            trainer.restore()
+            if steps is not None and dist.is_main():
+                cfg["train"]["steps"], cfg["train"]["epochs"] = steps, None
+                run.write_config(cfg)
+            trainer.fit(stop_after=stop_after)
+            if dist.is_main():
+                _finish(run, trainer, data_cfg)
+        finally:
+            if lock is not None:
+                lock.release()
+        return run
+    finally:
+        if owned:
+            dist.shutdown()
 
 
-def _field(cfg: dict[str, Any], key: str, run: ckpt.Run) -> Any:
+def _on_main(make: Callable[[], ckpt.Run], fresh: bool = False) -> tuple[ckpt.Run, Any]:
+    """``make()`` on rank 0 (create or open the run, take its lock); its run folder, or its
+    one-line error, reaches every rank."""
+    run, lock, error = None, None, None
+    if dist.is_main():
+        try:
+            run = make()
+            lock = getattr(run, "lock", None)
+            if fresh:
+                try:
+                    lock = ckpt.RunLock(run.path).acquire()
+                except BaseException:
+                    run.discard()
+                    raise
+        except GenzooError as e:
+            if not dist.active():
+                raise
+            error = e
+    shared = dist.broadcast_object((str(run.path) if run is not None else None,
+                                    None if error is None else str(error)))
+    if error is not None:
+        raise error
+    if shared[1] is not None:
+        raise CheckpointError(shared[1])
+    return (run if run is not None else ckpt.Run(shared[0])), lock
+
+
+def _field(cfg: dict[str, Any], key: str, run: ckpt.Run, kind: type | None = None) -> Any:
     if key not in cfg:
         raise CheckpointError(f"{run.config_path} has no {key!r}: not a genzoo run config")
+    if kind is not None and not isinstance(cfg[key], kind):
+        raise CheckpointError(f"{run.config_path} is damaged: {key!r} should be a "
+                              f"{'mapping' if kind is dict else kind.__name__}, got "
+                              f"{type(cfg[key]).__name__}")
     return cfg[key]
 
 
@@ -215,9 +286,11 @@ def load_run(path: str | os.PathLike, ema: bool = True, device: str = "cpu") -> 
     cfg = run.read_config()
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{run.config_path} is not a genzoo run config")
-    family = registry().get_family(_field(cfg, "family", run))
+    _settle(run)
+    family = registry().get_family(_field(cfg, "family", run, str))
     model_cls = family.model_class()
-    model = model_cls(configlib.build(model_cls.Config, _field(cfg, "model", run), what="model"))
+    model = model_cls(configlib.build(model_cls.Config, _field(cfg, "model", run, dict),
+                                      what="model"))
     weights = run.ema_path if ema and run.ema_path.exists() else run.weights_path
     if not weights.exists():
         raise CheckpointError(f"{run.path} has no weights yet ({ckpt.WEIGHTS} missing)")
@@ -225,6 +298,22 @@ def load_run(path: str | os.PathLike, ema: bool = True, device: str = "cpu") -> 
     ckpt.load_artifacts(model, run.path)
     model.to(pick_device(device)).eval()
     return LoadedRun(run, cfg, model, family)
+
+
+def _settle(run: ckpt.Run) -> None:
+    """Before reading a run: finish a checkpoint a killed process left committed but not moved
+    in, and check its files agree on one step. A run that a live process is training is read
+    as it is (that process completes its own checkpoint)."""
+    try:
+        lock = ckpt.RunLock(run.path).acquire()
+    except CheckpointError:
+        return
+    try:
+        ckpt.recover(run.path)
+        if (run.path / ckpt.TRAINER_JSON).exists():
+            ckpt.verify(run.path)
+    finally:
+        lock.release()
 
 
 def check_modality(loaded: LoadedRun, wanted: str, what: str) -> None:

@@ -11,11 +11,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from genzoo.core import checkpoint as ckpt
+from genzoo.core import distributed as dist
 from genzoo.core.data import StepBatches
 from genzoo.errors import ConfigError, TrainingDiverged
 
@@ -138,9 +140,11 @@ class StepContext:
         params = [p for g in optimizer.param_groups for p in g["params"]]
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            dist.average_gradients(params)  # before unscale_: every rank sees the same inf
             self.scaler.unscale_(optimizer)
         else:
             loss.backward()
+            dist.average_gradients(params)  # torchrun: the mean over ranks, as DDP would
         if self.grad_clip:
             norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
             self.grad_norms[name] = float(norm)
@@ -164,12 +168,15 @@ class Trainer:
                  progress: bool = True):
         self.model, self.data, self.cfg, self.run = model, data, cfg, run
         self.sample_fn = sample_fn  # (model_for_sampling, step, n) -> writes a grid
-        self.progress = progress
-        self.device = pick_device(cfg.device)
-        self.batches = StepBatches(data, cfg.batch_size, cfg.seed)
+        self.progress = progress and dist.is_main()
+        self.main = dist.is_main()  # rank 0 alone logs, checkpoints and samples
+        self.device = pick_device(dist.device_name(cfg.device))
+        self.batches = StepBatches(data, cfg.batch_size, cfg.seed, rank=dist.rank(),
+                                   world=dist.size())
         self.total = total_steps(cfg, self.batches.per_epoch)
         self.model.to(self.device)
-        if self.device.type != "cpu" and hasattr(data, "to"):
+        dist.broadcast_module(self.model)  # every rank starts from rank 0's weights
+        if self.device.type != "cpu" and hasattr(data, "to") and not getattr(data, "mapped", False):
             data.to(self.device)  # small in-memory sets: no host->device copy per step
         self.optimizers = model.configure_optimizers(cfg)
         self.base_lrs = {n: [g["lr"] for g in o.param_groups] for n, o in self.optimizers.items()}
@@ -182,48 +189,101 @@ class Trainer:
             model.loss = torch.compile(model.loss)  # keeps state_dict keys free of _orig_mod.
         self.step = 0
         self.last_good = 0
+        if dist.rank() > 0:  # its own noise (z, dropout...) per rank, as separate processes get
+            torch.manual_seed(cfg.seed * 1_000_003 + dist.rank())
 
     # -- state -------------------------------------------------------------------------------
+    def _finite(self) -> bool:
+        flags = [torch.isfinite(t).all() for t in self.model.state_dict().values()
+                 if t.is_floating_point()]
+        return bool(torch.stack(flags).all()) if flags else True
+
     def save(self) -> None:
-        meta = {"genzoo_step": str(self.step)}
-        tensors: dict[str, torch.Tensor] = {"rng.cpu": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        """One checkpoint = one step: every file stamped with it, committed as a whole. Weights
+        that are no longer finite are never saved over the last good checkpoint."""
+        if not self._finite():
+            raise TrainingDiverged(
+                f"the weights became nan or inf by step {self.step}; not saved. The last good "
+                f"checkpoint (step {self.last_good}) is in {self.run.path}; lower the learning "
+                "rate (--set lr=...) or set grad_clip")
+        meta = ckpt.stamp(self.step)
+        rng = dist.gather_tensor(torch.get_rng_state())  # every rank's stream (all must call)
+        rng_cuda = (dist.gather_tensor(torch.cuda.get_rng_state(self.device))
+                    if self.device.type == "cuda" else [])
+        if not self.main:
+            self.last_good = self.step
+            return
+        tensors: dict[str, torch.Tensor] = {"rng.cpu": rng[0]}
+        if rng_cuda:
+            tensors["rng.cuda"] = rng_cuda[0]
+        for r in range(1, len(rng)):
+            tensors[f"rng.cpu.rank{r}"] = rng[r]
+            if rng_cuda:
+                tensors[f"rng.cuda.rank{r}"] = rng_cuda[r]
         optim_meta = {}
         for name, opt in self.optimizers.items():
             t, m = ckpt.optimizer_to_tensors(name, opt)
             tensors.update(t)
             optim_meta[name] = m
-        # weights first, trainer state last: trainer.json's step names a complete checkpoint
-        ckpt.save_weights(self.model, self.run.weights_path, meta)
-        if self.ema is not None:
-            ckpt.save_weights(self.ema.module, self.run.ema_path, meta)
-        ckpt.save_artifacts(self.model, self.run.path, meta)
-        ckpt.save_tensors(self.run.path / ckpt.TRAINER_TENSORS, tensors, meta)
-        ckpt.write_json(self.run.path / ckpt.TRAINER_JSON, {
-            "step": self.step, "total_steps": self.total, "optimizers": optim_meta,
-            "complete": self.step >= self.total, "batches_per_epoch": self.batches.per_epoch,
-        })
+        state = {"step": self.step, "total_steps": self.total, "optimizers": optim_meta,
+                 "complete": self.step >= self.total, "batches_per_epoch": self.batches.per_epoch,
+                 "world_size": dist.size()}
+
+        def write(folder: Path) -> None:
+            ckpt.save_weights(self.model, folder / ckpt.WEIGHTS, meta)
+            ckpt.fault("save:weights", self.step)
+            if self.ema is not None:
+                ckpt.save_weights(self.ema.module, folder / ckpt.EMA_WEIGHTS, meta)
+            ckpt.save_artifacts(self.model, folder, meta)
+            ckpt.save_tensors(folder / ckpt.TRAINER_TENSORS, tensors, meta)
+            ckpt.write_json(folder / ckpt.TRAINER_JSON, state)
+
+        ckpt.fault("save:begin", self.step)
+        ckpt.commit(self.run.path, self.step, write)
         self.last_good = self.step
 
     def restore(self) -> None:
-        state = ckpt.read_json(self.run.path / ckpt.TRAINER_JSON)
-        tensors = ckpt.load_tensors(self.run.path / ckpt.TRAINER_TENSORS)
+        """Load the run's checkpoint after checking that all its files hold one step."""
+        where = self.run.path
+        step = ckpt.verify(where)
+        state = ckpt.read_json(where / ckpt.TRAINER_JSON)
+        tensors = ckpt.load_tensors(where / ckpt.TRAINER_TENSORS)
         ckpt.load_weights(self.model, self.run.weights_path)
-        ckpt.load_artifacts(self.model, self.run.path)
+        ckpt.load_artifacts(self.model, where)
         if self.ema is not None and self.run.ema_path.exists():
             ckpt.load_weights(self.ema.module, self.run.ema_path)
         if self.ema is not None:
-            ckpt.load_artifacts(self.ema.module, self.run.path)
-        for name, opt in self.optimizers.items():
-            if name not in state["optimizers"]:
-                raise ckpt.CheckpointError(f"trainer state has no optimizer {name!r}")
-            ckpt.optimizer_from_tensors(name, opt, tensors, state["optimizers"][name])
-        torch.set_rng_state(tensors["rng.cpu"])
-        if self.device.type == "cuda" and "rng.cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        self.step = self.last_good = int(state["step"])
-        self.run.truncate_metrics(self.step)
+            ckpt.load_artifacts(self.ema.module, where)
+        try:
+            optimizers = state["optimizers"]
+            if not isinstance(optimizers, dict):
+                raise TypeError("optimizers is not a mapping")
+            for name, opt in self.optimizers.items():
+                if name not in optimizers:
+                    raise ckpt.CheckpointError(f"trainer state has no optimizer {name!r}")
+                ckpt.optimizer_from_tensors(name, opt, tensors, optimizers[name])
+            r = dist.rank()
+            same_world = state.get("world_size", 1) == dist.size()
+            key = "rng.cpu" if r == 0 else f"rng.cpu.rank{r}"
+            if key in tensors and (r == 0 or same_world):
+                torch.set_rng_state(tensors[key])
+            else:  # another number of processes than saved: a fresh, distinct stream per rank
+                torch.manual_seed(self.cfg.seed * 1_000_003 + step * 101 + r)
+            ckey = "rng.cuda" if r == 0 else f"rng.cuda.rank{r}"
+            if self.device.type == "cuda" and ckey in tensors:
+                torch.cuda.set_rng_state(tensors[ckey], self.device)
+        except ckpt.CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+            raise ckpt.CheckpointError(f"the trainer state in {where} is damaged "
+                                       f"({type(e).__name__}: {e}); re-train, or resume from "
+                                       "a copy of the run") from None
+        if step > self.total:
+            raise ckpt.CheckpointError(f"{where} is at step {step}, past its total of "
+                                       f"{self.total}; resume with --steps {step} or more")
+        self.step = self.last_good = step
+        if self.main:
+            self.run.truncate_metrics(self.step)
 
     # -- loop --------------------------------------------------------------------------------
     def _every(self, value: int | None, parts: int) -> int:
@@ -259,6 +319,7 @@ class Trainer:
                     # or checkpointing, so a NaN can never reach a saved checkpoint.
                     bad = ~torch.isfinite(loss) if bad is None else bad | ~torch.isfinite(loss)
                     self.step += 1
+                    ckpt.fault("step", self.step)  # tests: a kill between checkpoints
                     if self.ema is not None:
                         self.ema.update(self.model, step=self.step)
                     window_n += int(next(iter(batch.values())).shape[0])
@@ -271,7 +332,7 @@ class Trainer:
                     log_now = self.step % cfg.log_every == 0 or self.step == self.total
                     save_now = self.step % ckpt_every == 0 and self.step < self.total
                     if log_now or save_now or self.step == self.total:
-                        if bool(bad):
+                        if dist.any_true(bad):
                             raise TrainingDiverged(
                                 f"loss became nan or inf between steps {checked} and {self.step}; "
                                 f"stopped. The last good checkpoint (step {self.last_good}) is in "
@@ -280,25 +341,35 @@ class Trainer:
                         checked = self.step
                     if log_now:
                         dt = time.perf_counter() - window_t
+                        if dist.active():  # the global batch's figures, as one process logs them
+                            keys = sorted(sums)
+                            means = dist.mean(torch.stack([torch.as_tensor(sums[k], dtype=torch.float32,
+                                                                           device=self.device)
+                                                           for k in keys]))
+                            sums = dict(zip(keys, means.tolist()))
+                            window_n *= dist.size()
                         record = {"step": self.step, "epoch": round(self.step / self.batches.per_epoch, 3),
                                   **{k: float(v) / count for k, v in sums.items()},
                                   "lr": self.optimizers[next(iter(self.optimizers))].param_groups[0]["lr"],
                                   "samples_per_s": window_n / max(dt, 1e-9), "time": time.time()}
-                        self.run.log(record)
+                        if self.main:
+                            self.run.log(record)
                         progress.update(task, info=f"loss {record['loss']:.4f} · "
                                                    f"{record['samples_per_s']:.0f} samples/s")
                         window_t, window_n, sums, count = time.perf_counter(), 0, {}, 0
                     progress.update(task, completed=self.step)
                     if save_now:
                         self.save()
-                    if (self.sample_fn is not None and sample_every and self.step % sample_every == 0
-                            and self.step < self.total):
+                    if (self.sample_fn is not None and self.main and sample_every
+                            and self.step % sample_every == 0 and self.step < self.total):
                         self._sample()
         except KeyboardInterrupt:
-            self.save()
+            if not dist.active():  # the other ranks may be gone: no collective save then
+                with contextlib.suppress(TrainingDiverged):
+                    self.save()
             raise Interrupted(self.run.path) from None
         self.save()
-        if self.step >= self.total and self.sample_fn is not None:
+        if self.step >= self.total and self.sample_fn is not None and self.main:
             self._sample()
         return self.run
 
