@@ -1,0 +1,249 @@
+"""LSTM language model (Hochreiter & Schmidhuber 1997; Foster ch. 5): text, one token at a time.
+
+The book's model is three layers: Embedding(vocab, 100) -> LSTM(128) -> Dense(vocab, softmax),
+trained to predict token t+1 from tokens 0..t of recipes ("recipe for TITLE | step | step ...")
+cut or padded to 200 tokens. Options here: stacked layers, GRU cells, a character tokenizer
+(through the data: ``lstm-shakespeare``).
+
+Padding (id 0, word level) is not text: the loss ignores it, except the first pad after a
+document, which is the document's end. That is what the book's model learns too (its generator
+stops when it draws id 0), so samples end where a recipe ends.
+
+Two samplers draw the same tokens for the same seed: ``stateful`` feeds each new token to the
+LSTM once and carries (h, c) forward; ``naive`` re-runs the whole prefix for every token, as the
+book's TextGenerator does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genzoo.core.model import Model
+from genzoo.core.sample import TextSample
+from genzoo.core.sampler import Sampler, TokenOptions, apply_temperature_top_k, categorical
+from genzoo.core.text import Tokenizer
+from genzoo.errors import ConfigError
+
+
+@dataclass
+class LSTMConfig:
+    vocab_size: int = 10_000  # set from the data's tokenizer (config_from_data)
+    embedding_dim: int = 100
+    hidden_size: int = 128
+    layers: int = 1  # stacked recurrent layers
+    cell: Literal["lstm", "gru"] = "lstm"
+    dropout: float = 0.0  # between stacked layers
+    pad_id: int | None = 0  # word level: 0; character level has no padding (None)
+
+    def __post_init__(self) -> None:
+        for key in ("vocab_size", "embedding_dim", "hidden_size", "layers"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.cell not in ("lstm", "gru"):
+            raise ValueError(f"cell must be 'lstm' or 'gru', got {self.cell!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.pad_id is not None and not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(f"pad_id must be in [0, vocab_size), got {self.pad_id}")
+
+
+class LSTMLanguageModel(Model):
+    Config = LSTMConfig
+    modality = "text"
+    likelihood_unit = "token"
+
+    def __init__(self, config: LSTMConfig):
+        super().__init__(config)
+        c = config
+        self.embedding = nn.Embedding(c.vocab_size, c.embedding_dim)
+        rnn = nn.LSTM if c.cell == "lstm" else nn.GRU
+        self.rnn = rnn(c.embedding_dim, c.hidden_size, num_layers=c.layers, batch_first=True,
+                       dropout=c.dropout if c.layers > 1 else 0.0)
+        self.head = nn.Linear(c.hidden_size, c.vocab_size)
+        # How often each token opens a training row: the first token of an unprompted sample is
+        # drawn from it (the network only ever predicts tokens after the first).
+        self.register_buffer("start_counts", torch.zeros(c.vocab_size))
+        self.tokenizer: Tokenizer | None = None
+
+    # -- data --------------------------------------------------------------------------------
+    @classmethod
+    def config_from_data(cls, data: Any) -> dict[str, Any]:
+        tok = getattr(data, "tokenizer", None)
+        if tok is not None:
+            return {"vocab_size": len(tok), "pad_id": tok.pad_id}
+        vocab = getattr(data, "vocab_size", None)  # a registry-only stand-in (create_model)
+        return {"vocab_size": int(vocab)} if vocab else {}
+
+    def setup(self, data: Any) -> None:
+        tok = data.tokenizer
+        if len(tok) != self.config.vocab_size:
+            raise ConfigError(f"the data's tokenizer has {len(tok)} tokens but the model's "
+                              f"vocab_size is {self.config.vocab_size}; leave vocab_size unset")
+        self.tokenizer = tok
+        first = data.rows[:, 0].cpu()
+        self.start_counts.copy_(torch.bincount(first, minlength=len(tok)).float())
+
+    def artifacts(self) -> dict[str, Any]:
+        return {"tokenizer": self.tokenizer.to_json()} if self.tokenizer is not None else {}
+
+    def load_artifacts(self, artifacts: dict[str, Any]) -> None:
+        if "tokenizer" in artifacts:
+            tok = Tokenizer.from_json(artifacts["tokenizer"])
+            if len(tok) != self.config.vocab_size:
+                raise ValueError(f"tokenizer has {len(tok)} tokens, the model "
+                                 f"{self.config.vocab_size}")
+            self.tokenizer = tok
+
+    # -- network ------------------------------------------------------------------------------
+    def features(self, ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        """Token ids (B, T) -> the top layer's outputs (B, T, hidden) and the state after T."""
+        return self.rnn(self.embedding(ids), state)
+
+    def forward(self, ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        """Token ids (B, T) -> next-token logits (B, T, V) and the recurrent state after T."""
+        h, state = self.features(ids, state)
+        return self.head(h), state
+
+    def _targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inputs x[:, :-1], targets x[:, 1:], and which targets count: every real token plus
+        the first pad after a document (its end); later padding is ignored."""
+        x = batch["x"]
+        inp, tgt = x[:, :-1], x[:, 1:]
+        pad = self.config.pad_id
+        if pad is None:
+            return inp, tgt, torch.ones_like(tgt, dtype=torch.bool)
+        return inp, tgt, (tgt != pad) | (inp != pad)
+
+    def _token_nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """NLL of each counted target (N,) and the row it belongs to (N,). The vocabulary
+        projection, most of a step's cost, runs only where a target counts (a third of a
+        recipe batch is padding)."""
+        inp, tgt, mask = self._targets(batch)
+        h, _ = self.features(inp)
+        logits = self.head(h[mask])
+        nll = F.cross_entropy(logits.float(), tgt[mask], reduction="none")
+        return nll, mask.nonzero()[:, 0]
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        nll, _ = self._token_nll(batch)
+        loss = nll.mean()  # nats per predicted token
+        return {"loss": loss}
+
+    @torch.no_grad()
+    def log_prob(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sum over each row of the log-probabilities of its predicted tokens (nats)."""
+        nll, row = self._token_nll(batch)
+        return -torch.zeros(batch["x"].shape[0], device=nll.device).index_add_(0, row, nll)
+
+    def likelihood_units(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(self._targets(batch)[2].sum())
+
+
+# -- sampling ---------------------------------------------------------------------------------
+
+@dataclass
+class LSTMSamplerOptions(TokenOptions):
+    show_top: int = 5  # --show-probs: candidates listed per step
+    show_samples: int = 3  # --show-probs: for this many samples
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.show_top < 1 or self.show_samples < 1:
+            raise ValueError("show_top and show_samples must be >= 1")
+
+
+class _TokenSampler(Sampler):
+    Options = LSTMSamplerOptions
+    inputs = {"prompt": "text to continue (default: a first token drawn as training rows begin)"}
+    shows = {"probs": "the top next-token probabilities at each step"}
+    preview = {"max_new_tokens": 80}  # the trainer's periodic samples
+    stateful = True
+
+    def check(self, model: LSTMLanguageModel, inputs: dict[str, Any]) -> None:
+        if model.tokenizer is None:
+            raise ConfigError("this model has no tokenizer: train it (setup(data)) or load a run")
+        V = len(model.tokenizer)
+        if self.options.top_k is not None and self.options.top_k > V:
+            raise ConfigError(f"top_k={self.options.top_k} is larger than the vocabulary "
+                              f"({V} tokens)")
+        if inputs.get("prompt"):
+            model.tokenizer.encode_prompt(inputs["prompt"])  # all-unknown prompts fail here
+
+    @torch.no_grad()
+    def sample(self, model: LSTMLanguageModel, n: int, generator: torch.Generator,
+               prompt: str | None = None, show: tuple[str, ...] = ()) -> TextSample:
+        o, tok, dev = self.options, model.tokenizer, model.device
+        pad = model.config.pad_id
+        ids = tok.encode_prompt(prompt) if prompt else []
+        if ids:
+            out = torch.tensor(ids, device=dev).repeat(n, 1)
+        else:  # no prompt: the first token as training rows begin (every recipe: "recipe")
+            counts = model.start_counts.float()
+            if counts.sum() == 0:
+                counts = torch.ones_like(counts)
+            if pad is not None:
+                counts[pad] = 0
+            out = categorical(counts.log().expand(n, -1), generator)[:, None].to(dev)
+        start = out.shape[1]
+        logits, state = model(out) if self.stateful else (None, None)
+        done = torch.zeros(n, dtype=torch.bool, device=dev)
+        tables: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for _ in range(o.max_new_tokens):
+            if not self.stateful:  # the book's way: the whole prefix, every token
+                logits, _ = model(out)
+            last = apply_temperature_top_k(logits[:, -1].float(), o.temperature, o.top_k)
+            nxt = categorical(last, generator)
+            if "probs" in show:
+                p = torch.softmax(last[: o.show_samples], -1)
+                top = p.topk(min(o.show_top, p.shape[-1]), -1)
+                tables.append((top.values.cpu(), top.indices.cpu()))
+            if pad is not None:  # the pad token ends a document; ended rows stay ended
+                nxt = nxt.masked_fill(done, pad)
+                done |= nxt == pad
+            out = torch.cat([out, nxt[:, None]], 1)
+            if bool(done.all()):
+                break
+            if self.stateful:
+                logits, state = model(nxt[:, None], state)
+        rows = [r[: r.index(pad)] if pad is not None and pad in r else r for r in out.tolist()]
+        sample = TextSample([tok.decode(r) for r in rows], rows, prompt)
+        if "probs" in show:
+            sample.extras["probs"] = probs_table(tok, out[:, start:].cpu(), tables, prompt)
+        return sample
+
+
+def probs_table(tok: Tokenizer, new: torch.Tensor, tables: list[tuple[torch.Tensor, torch.Tensor]],
+                prompt: str | None) -> str:
+    """The book's TextGenerator view: at each step, the likeliest next tokens (after temperature
+    and top-k) and the one drawn."""
+    def show(i: int) -> str:
+        return repr(tok.token(i)) if tok.level == "char" else (tok.token(i) or "<end>")
+
+    lines = []
+    for s in range(tables[0][0].shape[0] if tables else 0):
+        lines.append(f"sample {s}" + (f", prompt {prompt!r}" if prompt else ""))
+        for t, (p, i) in enumerate(tables):
+            if t > 0 and tok.pad_id is not None and int(new[s, t - 1]) == tok.pad_id:
+                break
+            cands = "  ".join(f"{show(int(j))} {float(q):.3f}" for q, j in zip(p[s], i[s]))
+            lines.append(f"  {t:3d} {show(int(new[s, t])):>14} | {cands}")
+    return "\n".join(lines)
+
+
+class StatefulSampler(_TokenSampler):
+    """Carries the LSTM state token by token: one step of the network per new token."""
+
+    name = "stateful"
+    stateful = True
+
+
+class NaiveSampler(_TokenSampler):
+    """Re-runs the whole prefix for every new token (the book's TextGenerator): quadratic in
+    the length, the reference the stateful sampler is checked against."""
+
+    name = "naive"
+    stateful = False
