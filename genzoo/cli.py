@@ -432,19 +432,38 @@ def plot(run: str, out: str | None, keys: str | None) -> None:
 @click.argument("run", type=click.Path())
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]))
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--json", "json_out", type=click.Path(), help="Also write the figures as JSON.")
-def eval_cmd(run: str, split: str, device: str, json_out: str | None) -> None:
-    """Evaluate a RUN on its dataset: its loss terms and, for likelihood models, NLL in the
-    modality's units (bits/dim for images, nats/token + perplexity for text, nats/point).
+@click.option("--metrics", help="Comma-separated: loss, nll, fid, kid (default loss,nll).")
+@click.option("--n-samples", type=int, help="Generated images for FID/KID (default: as many as "
+              "the split has real ones).")
+@click.option("--features", help="FID/KID feature network: a classifier RUN folder, 'inception' "
+              "(local weights only) or 'auto' (default: Inception if present, else the newest CNN "
+              "classifier run on the same dataset beside RUN or in ./runs).")
+@click.option("--seed", default=0, show_default=True, help="Sampling seed for FID/KID.")
+@click.option("--json", "json_out", type=click.Path(), help="Also write the figures as JSON "
+              "(they are always saved to RUN/eval.json).")
+def eval_cmd(run: str, split: str, device: str, metrics: str | None, n_samples: int | None,
+             features: str | None, seed: int, json_out: str | None) -> None:
+    """Evaluate a RUN on its dataset: its loss terms, the family's own figures (a classifier's
+    accuracy and confusion matrix), NLL in the modality's units for likelihood models (bits/dim
+    for images, nats/token + perplexity for text, nats/point), and FID/KID for image models.
 
     \b
-    Example:
+    Examples:
       zoo eval runs/pixelcnn-20261125-101500
+      zoo eval runs/dcgan-20261125-101500 --metrics fid,kid --n-samples 500 --features runs/cnn-twemoji-1
+      zoo eval runs/cnn-mnist-20261125-101500          # accuracy + RUN/confusion.png
     """
     from genzoo.core.metrics import evaluate
-    result = evaluate(run, split=split, device=device)
+    names = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None
+    result = evaluate(run, split=split, device=device, metrics=names, n_samples=n_samples,
+                      features=features, seed=seed)
     for k, v in result.items():
+        if k in ("confusion_matrix", "protocol"):
+            continue
         click.echo(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+    if "protocol" in result:
+        click.echo(f"protocol: {result['protocol']}")
+    click.echo(f"saved:    {Path(run) / 'eval.json'}")
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2))
 

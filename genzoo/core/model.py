@@ -96,6 +96,12 @@ class Model(nn.Module):
         with torch.no_grad():
             return self.loss(batch)
 
+    def evaluate_extra(self, data: Any, out_dir: Any = None) -> dict[str, Any]:
+        """Family-specific held-out figures for ``zoo eval`` beyond the loss terms (a
+        classifier's accuracy and confusion matrix); files it draws go into `out_dir` (the run
+        folder), their paths into the result. JSON-able values only."""
+        return {}
+
     # -- likelihood --------------------------------------------------------------------------
     def log_prob(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-example log-likelihood (or a lower bound) in nats of ``batch["x"]``, given any
