@@ -29,9 +29,10 @@ from genzoo.plugins.pixelcnn_md import CachedSampler, NaiveSampler
 
 # -- the bare network: PixelCNN++ at one resolution, grayscale, in plain PyTorch ----------------
 class Shifted(nn.Conv2d):
-    def __init__(self, cin, cout, k, right=False):
-        super().__init__(cin, cout, k)
-        self.p = (k[1] - 1, 0, k[0] - 1, 0) if right else (k[1] // 2, k[1] // 2, k[0] - 1, 0)
+    def __init__(self, cin, cout, k, right=False, d=1):
+        super().__init__(cin, cout, k, dilation=d)
+        self.p = ((k[1] - 1) * d, 0, (k[0] - 1) * d, 0) if right else \
+            ((k[1] // 2) * d, (k[1] // 2) * d, (k[0] - 1) * d, 0)
 
     def forward(self, x):
         return super().forward(F.pad(x, self.p))
@@ -42,10 +43,10 @@ def celu(x):
 
 
 class Gated(nn.Module):
-    def __init__(self, f, right, aux):
+    def __init__(self, f, right, aux, d):
         super().__init__()
         k = (2, 2) if right else (2, 3)
-        self.c1, self.c2 = Shifted(2 * f, f, k, right), Shifted(2 * f, 2 * f, k, right)
+        self.c1, self.c2 = Shifted(2 * f, f, k, right, d), Shifted(2 * f, 2 * f, k, right, d)
         self.aux = nn.Conv2d(2 * f, f, 1) if aux else None
 
     def forward(self, x, a=None):
@@ -57,11 +58,12 @@ class Gated(nn.Module):
 
 
 class Bare(nn.Module):
-    def __init__(self, f, blocks, k=5):
+    def __init__(self, f, blocks, k=5, dilations=(1, 2, 4, 8)):
         super().__init__()
         self.u0, self.ul0a, self.ul0b = Shifted(2, f, (2, 3)), Shifted(2, f, (1, 3)), Shifted(2, f, (2, 1), True)
-        self.u = nn.ModuleList(Gated(f, False, False) for _ in range(blocks))
-        self.ul = nn.ModuleList(Gated(f, True, True) for _ in range(blocks))
+        d = [dilations[i % len(dilations)] for i in range(blocks)]
+        self.u = nn.ModuleList(Gated(f, False, False, d[i]) for i in range(blocks))
+        self.ul = nn.ModuleList(Gated(f, True, True, d[i]) for i in range(blocks))
         self.out = nn.Conv2d(f, 3 * k, 1)
         self.k = k
 
@@ -107,7 +109,7 @@ def main():
     model = genzoo.create_model("pixelcnn-md", preset=a.preset).to(dev)
     c = model.config
     torch.manual_seed(0)
-    bare = Bare(c.filters, c.blocks, c.mixtures).to(dev)
+    bare = Bare(c.filters, c.blocks, c.mixtures, c.dilations).to(dev)
     info["params"] = model.num_params()
     info["params_quick"] = genzoo.create_model("pixelcnn-md", preset="quick").num_params()
     info["params_book"] = genzoo.create_model("pixelcnn-md", preset="book").num_params()

@@ -13,7 +13,7 @@ from genzoo.plugins.ebm import EBM, EBMConfig, LangevinSampler, langevin
 
 # small and fast: 10 Langevin steps, a 256-image buffer, batches of 32
 TINY = {"langevin_steps": 10, "buffer_size": 256, "batch_size": 32, "sample_every": 0,
-        "sample_n": 4, "log_every": 5, "lr": 1e-3}
+        "sample_n": 4, "log_every": 5, "lr": 1e-3, "data.limit": 384}  # per split: 384 train, 384 test
 
 
 def tiny(**kw):
@@ -59,7 +59,7 @@ def test_replay_buffer_takes_fresh_noise_and_wraps_around():
     # the first call also seeds the buffer with one batch of noise, as the book does
     assert model.replay_count == 64 and model.replay_head == (24 + 24 * 3) % 64
     art = model.artifacts()
-    other = tiny()
+    other = tiny(fresh=0.5)  # same weights (seed 0), an empty buffer
     other.load_artifacts(art)
     assert torch.equal(other.replay, model.replay)
     a = model.negatives(8, torch.device("cpu"))

@@ -62,20 +62,22 @@ class EBMConfig:
         if not 0 <= self.fresh <= 1:
             raise ValueError(f"fresh must be in [0, 1], got {self.fresh}")
         check_langevin(self.langevin_steps, self.step_size, self.langevin_noise,
-                       self.langevin_clip)
+                       self.langevin_clip, ("langevin_steps", "step_size", "langevin_noise",
+                                            "langevin_clip"))
         if not self.data_noise >= 0:
             raise ValueError(f"data_noise must be >= 0, got {self.data_noise}")
 
 
-def check_langevin(steps: int, step_size: float, noise: float, grad_clip: float | None) -> None:
+def check_langevin(steps: int, step_size: float, noise: float, grad_clip: float | None,
+                   names: tuple[str, ...] = ("steps", "step_size", "noise", "grad_clip")) -> None:
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise ValueError(f"{names[0]} must be >= 1, got {steps}")
     if not (math.isfinite(step_size) and step_size > 0):
-        raise ValueError(f"step_size must be a finite number > 0, got {step_size}")
+        raise ValueError(f"{names[1]} must be a finite number > 0, got {step_size}")
     if not (math.isfinite(noise) and noise >= 0):
-        raise ValueError(f"noise must be a finite number >= 0, got {noise}")
+        raise ValueError(f"{names[2]} must be a finite number >= 0, got {noise}")
     if grad_clip is not None and not grad_clip > 0:
-        raise ValueError(f"grad_clip must be > 0 (or none), got {grad_clip}")
+        raise ValueError(f"{names[3]} must be > 0 (or none), got {grad_clip}")
 
 
 def randn(shape: Any, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -274,8 +276,7 @@ class LangevinOptions:
     chains: int = 8  # --show-chain: how many chains (rows) are shown
 
     def __post_init__(self) -> None:
-        check_langevin(self.langevin_steps, self.step_size, self.langevin_noise,
-                       self.langevin_clip)
+        check_langevin(self.steps, self.step_size, self.noise, self.grad_clip)
         if self.frames < 2:
             raise ValueError(f"frames must be >= 2, got {self.frames}")
         if self.chains < 1:
