@@ -7,6 +7,7 @@ answer in a fraction of a second.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,12 @@ class ZooGroup(click.Group):
             return super().invoke(ctx)
         except GenzooError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:  # a path the user gave: missing, a folder, too long, no permission
+            if e.filename is None or os.environ.get("GENZOO_DEBUG"):
+                raise
+            name = str(e.filename)
+            name = name if len(name) <= 120 else name[:117] + "..."
+            raise click.ClickException(f"{e.strerror or type(e).__name__}: {name}") from None
         except KeyboardInterrupt:
             run = getattr(sys.exc_info()[1], "run", None)
             where = f"zoo train --resume {run}" if run else "zoo train --resume RUN"
@@ -119,6 +126,15 @@ def list_cmd(pattern: str | None, tags: tuple[str, ...], as_json: bool, markdown
     _console().print(table)
     if not entries:
         click.echo("no models match" + (f" {pattern!r}" if pattern else ""))
+
+
+def _write_out(path: str, text: str) -> None:
+    """An output file the user named (--json): its folder is made; a bad path is one line."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+    except OSError as e:
+        raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _human(n: int) -> str:
@@ -398,6 +414,8 @@ def sample(run: str, n: int, sampler_name: str | None, sets: tuple[str, ...], pr
     result = loaded.sample(n, seed=seed, sampler=sampler_name, inputs=inputs, **parse_set(sets))
     name = sampler_name or loaded.config.get("sampler")
     stem = Path(out).with_suffix("") if out else loaded.run.samples_dir / f"sample-{name}-{seed}"
+    if out and Path(out).is_dir():  # a folder: the default file name inside it
+        stem = Path(out) / f"sample-{name}-{seed}"
     for path in loaded.write(result, stem):
         click.echo(f"wrote {path}")
     _preview(result)
@@ -465,7 +483,7 @@ def eval_cmd(run: str, split: str, device: str, metrics: str | None, n_samples: 
         click.echo(f"protocol: {result['protocol']}")
     click.echo(f"saved:    {Path(run) / 'eval.json'}")
     if json_out:
-        Path(json_out).write_text(json.dumps(result, indent=2))
+        _write_out(json_out, json.dumps(result, indent=2))
 
 
 @cli.command()
@@ -496,7 +514,7 @@ def bench(names: tuple[str, ...], device: str, repeats: int, batch_size: int | N
                                steps_per_repeat=steps_per_repeat)
     print_records(records)
     if json_out:
-        Path(json_out).write_text(json.dumps(records, indent=2))
+        _write_out(json_out, json.dumps(records, indent=2))
         click.echo(f"wrote {json_out}")
 
 

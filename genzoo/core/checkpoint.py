@@ -259,17 +259,22 @@ class Run:
                 out = Path("runs") / f"{name}-{stamp}-{i}"
                 i += 1
         path = Path(out)
-        if path.exists() and not path.is_dir():
-            raise CheckpointError(f"--out {path} is a file; give a folder for the run")
-        if (path / CONFIG).exists():
-            raise CheckpointError(f"{path} already holds a run; resume it with --resume {path} "
-                                  "or choose another --out")
-        created = not path.exists()
+        try:
+            if path.exists() and not path.is_dir():
+                raise CheckpointError(f"--out {path} is a file; give a folder for the run")
+            if (path / CONFIG).exists():
+                raise CheckpointError(f"{path} already holds a run; resume it with --resume "
+                                      f"{path} or choose another --out")
+            created = not path.exists()
+        except OSError as e:  # a name too long, a component that is a file...
+            raise CheckpointError(f"cannot use {str(path)[:80]}{'...' if len(str(path)) > 80 else ''}"
+                                  f" as the run folder: {e.strerror or e}") from None
         try:
             path.mkdir(parents=True, exist_ok=True)
             (path / "samples").mkdir(exist_ok=True)
         except OSError as e:
-            raise CheckpointError(f"cannot create the run folder {path}: {e.strerror}") from None
+            raise CheckpointError(f"cannot create the run folder {str(path)[:200]}: "
+                                  f"{e.strerror or e}") from None
         run = cls(path)
         run.created = created
         return run

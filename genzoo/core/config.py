@@ -91,14 +91,22 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
                     return int(f)
         raise ConfigError(f"bad value {value!r} for {key}: expected an integer")
     if annotation is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
+            except OverflowError:  # an int too large for a float
+                raise ConfigError(f"bad value {value!r} for {key}: number out of range") from None
+        elif isinstance(value, str):
+            try:
+                number = float(value.replace("_", "") if value.strip() else value)
             except ValueError:
                 pass
-        raise ConfigError(f"bad value {value!r} for {key}: expected a number")
+        if number is None:
+            raise ConfigError(f"bad value {value!r} for {key}: expected a number")
+        if number != number:  # nan passes every `x > 0` check the wrong way: never a setting
+            raise ConfigError(f"bad value {value!r} for {key}: expected a number, not nan")
+        return number
     if annotation is str:
         if isinstance(value, str):
             return value

@@ -23,6 +23,7 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -197,13 +198,17 @@ def extract_archive(archive: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
     try:
-        if zipfile.is_zipfile(archive):
+        with open(archive, "rb") as f:
+            magic = f.read(4)
+        # a cut or damaged zip has no readable directory, so is_zipfile says no: it is corrupt,
+        # not "unsupported", when it is named .zip or starts like one
+        if zipfile.is_zipfile(archive) or archive.suffix.lower() == ".zip" or magic == b"PK\x03\x04":
             try:
                 with zipfile.ZipFile(archive) as zf:
                     for name in zf.namelist():
                         _check_member(name, archive)
                     zf.extractall(tmp)
-            except zipfile.BadZipFile as e:
+            except (zipfile.BadZipFile, zlib.error, EOFError) as e:
                 raise DataError(f"corrupt zip archive {archive} ({e}); delete it and download again") from None
         elif archive.name.lower().endswith(_TAR_SUFFIXES) or tarfile.is_tarfile(archive):
             try:

@@ -218,6 +218,15 @@ class Registry:
             entry = self.models.get(short)
             if entry is not None and entry.source == source:
                 return entry
+            # never another source's model under this one's name: say why it is not there
+            broken = [i for i in self.host.infos.values()
+                      if source in (i.source, i.name) and i.status != "ok"]
+            if broken:
+                raise RegistryError(f"model {name!r}: plugin {source} did not load "
+                                    f"({broken[0].error}); see `zoo plugins`")
+            if entry is not None:
+                raise RegistryError(f"model {short!r} comes from {entry.source}, not {source}; "
+                                    f"name it {short!r} or {entry.source + ':' + short!r}")
             name = short
         if name in self.models:
             return self.models[name]

@@ -64,7 +64,12 @@ def train(name: str, preset: str = "quick", overrides: dict[str, Any] | None = N
     try:
         data = load_data(p.data, "train")
         torch.manual_seed(p.train.seed)
-        model = build_model(p, data)
+        try:
+            model = build_model(p, data)
+        except (RuntimeError, MemoryError, OverflowError) as e:  # sizes that cannot be allocated
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise ConfigError(f"cannot build {p.entry.name} with this config ({first[:200]}); "
+                              "use smaller sizes") from None
         model.setup(data)
         run, lock = _on_main(lambda: ckpt.Run.create(p.entry.name, out), fresh=True)
         try:

@@ -73,6 +73,8 @@ def validate_train(cfg: TrainConfig) -> None:
         bad("steps", cfg.steps, "expected an integer >= 1")
     if cfg.epochs is not None and not (math.isfinite(cfg.epochs) and cfg.epochs > 0):
         bad("epochs", cfg.epochs, "expected a number > 0")
+    if not 0 <= cfg.seed < 2 ** 32:  # the data order and RNG streams derive 64-bit seeds from it
+        bad("seed", cfg.seed, f"expected an integer in [0, {2 ** 32 - 1}]")
 
 
 def pick_device(name: str = "auto") -> torch.device:

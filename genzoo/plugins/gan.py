@@ -418,9 +418,9 @@ class PriorOptions:
     label_grid: bool = True  # conditional, no --label: the same z under each label, in turn
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.truncation is not None and self.truncation <= 0:
+        if not 0 < self.temperature < float("inf"):  # also nan
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
+        if self.truncation is not None and not self.truncation > 0:
             raise ValueError(f"truncation must be > 0, got {self.truncation}")
 
 

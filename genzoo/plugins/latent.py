@@ -144,6 +144,10 @@ def sample_latent(model: Any, n: int, generator: torch.Generator,
 class PriorOptions:
     temperature: float = 1.0  # scales z about the prior's centre before decoding
 
+    def __post_init__(self) -> None:
+        if not 0 < self.temperature < float("inf"):  # also nan
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
+
 
 class PriorSampler(Sampler):
     """Decode draws from the model's prior: N(0, I) for a VAE or GAN, a Gaussian fitted to the

@@ -28,6 +28,13 @@ class PixelCNNConfig:
     head_layers: int = 2  # 1x1 type-B convolutions before the output
 
     def __post_init__(self) -> None:
+        for key in ("image_size", "blocks", "kernel_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.filters < 2:  # the residual blocks work on filters // 2 channels
+            raise ValueError(f"filters must be >= 2, got {self.filters}")
+        if self.head_layers < 0:
+            raise ValueError(f"head_layers must be >= 0, got {self.head_layers}")
         if self.levels < 2:
             raise ValueError(f"levels must be >= 2, got {self.levels}")
         if self.channels != 1:
@@ -134,6 +141,14 @@ class PixelSamplerOptions:
     temperature: float = 1.0
     top_k: int | None = None
     size: int | None = None  # generate at another size than trained (fully convolutional)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.temperature < float("inf"):  # also nan
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.size is not None and self.size < 1:
+            raise ValueError(f"size must be >= 1, got {self.size}")
 
 
 class NaiveSampler(Sampler):

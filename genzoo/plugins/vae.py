@@ -52,6 +52,10 @@ class AutoencoderConfig:
     def __post_init__(self) -> None:
         if not self.filters:
             raise ValueError("filters needs at least one entry, e.g. [32, 64, 128]")
+        if min(self.filters) < 1:
+            raise ValueError(f"every entry of filters must be >= 1, got {list(self.filters)}")
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {self.image_size}")
         stride = 2 ** len(self.filters)
         if self.image_size % stride:
             near = stride * max(1, self.image_size // stride)
