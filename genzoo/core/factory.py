@@ -83,6 +83,12 @@ def plan(name: str, preset: str = "quick", overrides: dict[str, Any] | None = No
     configlib.build(model_cls.Config, base["model"], what=f"{entry.family} model")
     spec = reg.get_dataset(data.name)
     wants = getattr(model_cls, "modality", "image")
+    if spec.modality != wants and spec.source == "folder":
+        # --data folder:PATH means the folder dataset of this model's modality (music files for
+        # a music model), where a plugin registered one
+        spec = next((d for d in reg.datasets.values()
+                     if d.source == "folder" and d.modality == wants), spec)
+        data.name = spec.name
     if spec.modality != wants:
         fitting = sorted(d.name for d in reg.datasets.values() if d.modality == wants)
         raise ConfigError(f"{entry.name} ({entry.family}) models {wants} data, but dataset "

@@ -183,9 +183,10 @@ def frozen(module: nn.Module) -> Iterator[None]:
 def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
                      fake: torch.Tensor) -> torch.Tensor:
     """Gulrajani et al.'s E[(||grad_x C(x)||_2 - 1)^2] at random points on the lines between
-    real and fake images. The book draws alpha from N(0, 1); the paper's U(0, 1) keeps the
-    points between the two distributions, where the 1-Lipschitz constraint matters."""
-    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    real and fake images (or any (B, ...) tensors: MuseGAN's 5-d piano rolls). The book draws
+    alpha from N(0, 1); the paper's U(0, 1) keeps the points between the two distributions,
+    where the 1-Lipschitz constraint matters."""
+    alpha = torch.rand(real.shape[0], *[1] * (real.ndim - 1), device=real.device, dtype=real.dtype)
     x_hat = (real + alpha * (fake - real)).detach().requires_grad_(True)
     # view_as: the critic sees a non-leaf, which torch's FlopCounterMode (zoo bench) needs
     (grad,) = torch.autograd.grad(critic(x_hat.view_as(x_hat)).sum(), x_hat, create_graph=True)

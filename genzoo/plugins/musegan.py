@@ -1,0 +1,323 @@
+"""MuseGAN (Dong et al. 2018; Foster ch. 11): a WGAN-GP that writes four-voice chorale bars.
+
+A sample is a piano roll of 4 tracks (soprano, alto, tenor, bass) x 2 bars x 16 sixteenth-note
+steps x 84 pitches, values in [-1, 1]. The generator takes four kinds of noise, as the book does:
+- chords (one vector): shared by every track, changes bar by bar through a *temporal network*;
+- style (one vector): shared by every track and every bar;
+- melody (one vector per track): per track, changes bar by bar through its own temporal network;
+- groove (one vector per track): per track, the same in every bar.
+For each bar and track the four vectors are concatenated and a *bar generator* (one per track:
+dense, then transposed convolutions that grow the time axis and then the pitch axis) draws that
+bar. The critic (3-d convolutions over bars, steps and pitches, tracks as channels) is trained
+with the Wasserstein loss and gradient penalty of genzoo.plugins.gan (5 critic steps, lambda 10).
+
+A generated roll becomes notes by an argmax over pitches at every step of every track (the book's
+binarisation); a pitch repeated over steps is one held note.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genzoo.core.model import Model
+from genzoo.core.sampler import Sampler
+from genzoo.errors import ConfigError, DataError
+from genzoo.plugins.gan import eval_mode, frozen, gradient_penalty
+from genzoo.plugins.music import MusicSample, name_of, notes_from_grid
+
+LATENTS = ("chords", "style", "melody", "groove")
+
+
+@dataclass
+class MuseGANConfig:
+    tracks: int = 4  # book: N_TRACKS (SATB)
+    bars: int = 2  # book: N_BARS
+    steps: int = 16  # book: N_STEPS_PER_BAR (16th notes)
+    pitches: int = 84  # book: MIDI 0..83
+    z_dim: int = 32  # book: Z_DIM, per latent vector
+    temporal_width: int = 1024  # book: the temporal network's hidden filters
+    bar_width: int = 256  # book: bar generator Dense(1024) -> 512, 256, 256, 256 filters
+    critic_width: int = 128  # book: critic 128 filters ... 256, 512, Dense(1024)
+    critic_steps: int = 5  # book: CRITIC_STEPS
+    gp_weight: float = 10.0  # book: GP_WEIGHT
+
+    def __post_init__(self) -> None:
+        for key in ("tracks", "z_dim", "temporal_width", "bar_width", "critic_width",
+                    "critic_steps"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.bars != 2 or self.steps != 16 or self.pitches != 84:
+            raise ValueError("the book's MuseGAN layers are sized for 2 bars x 16 steps x 84 "
+                             f"pitches; got {self.bars} x {self.steps} x {self.pitches}")
+        if self.gp_weight < 0:
+            raise ValueError(f"gp_weight must be >= 0, got {self.gp_weight}")
+
+
+class TemporalNetwork(nn.Module):
+    """One z -> one z per bar (the book's two transposed convolutions over the bar axis)."""
+
+    def __init__(self, z_dim: int, width: int, bars: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(z_dim, width, (2, 1)), nn.BatchNorm2d(width, momentum=0.1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(width, z_dim, (bars - 1, 1)), nn.BatchNorm2d(z_dim, momentum=0.1),
+            nn.ReLU())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z[:, :, None, None])[..., 0].transpose(1, 2)  # (B, bars, z)
+
+
+class BarGenerator(nn.Module):
+    """[chords, style, melody, groove] of one bar and track -> (B, steps, pitches) in [-1, 1]:
+    a dense layer to 2 steps, transposed convolutions doubling time to 16 steps, then pitch
+    x 7 and x 12 (an octave of semitones) to 84 pitches."""
+
+    def __init__(self, z_dim: int, w: int):
+        super().__init__()
+
+        def up(c_in: int, c_out: int, k: tuple[int, int]) -> list[nn.Module]:
+            return [nn.ConvTranspose2d(c_in, c_out, k, stride=k), nn.BatchNorm2d(c_out, momentum=0.1),
+                    nn.ReLU()]
+        self.w = w
+        self.dense = nn.Sequential(nn.Linear(4 * z_dim, 4 * w), nn.BatchNorm1d(4 * w, momentum=0.1),
+                                   nn.ReLU())
+        self.net = nn.Sequential(*up(2 * w, 2 * w, (2, 1)), *up(2 * w, w, (2, 1)), *up(w, w, (2, 1)),
+                                 *up(w, w, (1, 7)), nn.ConvTranspose2d(w, 1, (1, 12), stride=(1, 12)),
+                                 nn.Tanh())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.dense(z).view(-1, 2 * self.w, 2, 1)  # channels, steps, pitches
+        return self.net(x)[:, 0]
+
+
+class Generator(nn.Module):
+    def __init__(self, c: MuseGANConfig):
+        super().__init__()
+        self.c = c
+        self.chords_net = TemporalNetwork(c.z_dim, c.temporal_width, c.bars)
+        self.melody_nets = nn.ModuleList(TemporalNetwork(c.z_dim, c.temporal_width, c.bars)
+                                         for _ in range(c.tracks))
+        self.bar_generators = nn.ModuleList(BarGenerator(c.z_dim, c.bar_width)
+                                            for _ in range(c.tracks))
+
+    def forward(self, chords: torch.Tensor, style: torch.Tensor, melody: torch.Tensor,
+                groove: torch.Tensor) -> torch.Tensor:
+        """chords, style (B, z); melody, groove (B, tracks, z) -> (B, tracks, bars, steps, pitches)."""
+        c = self.c
+        chords_t = self.chords_net(chords)  # (B, bars, z)
+        melody_t = [net(melody[:, k]) for k, net in enumerate(self.melody_nets)]
+        tracks = []
+        for k, bar_gen in enumerate(self.bar_generators):
+            # every bar of a track in one batch: (B * bars, 4z)
+            z = torch.cat([chords_t, style[:, None].expand(-1, c.bars, -1), melody_t[k],
+                           groove[:, k, None].expand(-1, c.bars, -1)], dim=-1)
+            tracks.append(bar_gen(z.flatten(0, 1)).view(-1, c.bars, c.steps, c.pitches))
+        return torch.stack(tracks, dim=1)
+
+
+class Critic(nn.Module):
+    """3-d convolutions, tracks as channels: over bars, then pitches (octave, then the 7
+    octaves), then time; a dense layer to one score. No batch norm (the gradient penalty is
+    per example)."""
+
+    def __init__(self, c: MuseGANConfig):
+        super().__init__()
+        w = c.critic_width
+
+        def conv(c_in: int, c_out: int, k: tuple[int, int, int], s: tuple[int, int, int],
+                 p: tuple[int, int, int] = (0, 0, 0)) -> list[nn.Module]:
+            return [nn.Conv3d(c_in, c_out, k, stride=s, padding=p), nn.LeakyReLU(0.3)]
+        self.net = nn.Sequential(
+            *conv(c.tracks, w, (2, 1, 1), (1, 1, 1)),  # the 2 bars -> 1
+            *conv(w, w, (c.bars - 1, 1, 1), (1, 1, 1)),
+            *conv(w, w, (1, 1, 12), (1, 1, 12)),  # 84 pitches -> 7 octaves
+            *conv(w, w, (1, 1, 7), (1, 1, 7)),  # -> 1
+            *conv(w, w, (1, 2, 1), (1, 2, 1)),  # 16 steps -> 8
+            *conv(w, w, (1, 2, 1), (1, 2, 1)),  # -> 4
+            *conv(w, 2 * w, (1, 4, 1), (1, 2, 1), (0, 1, 0)),  # -> 2
+            *conv(2 * w, 4 * w, (1, 3, 1), (1, 2, 1), (0, 1, 0)),  # -> 1
+            nn.Flatten(), nn.Linear(4 * w, 8 * w), nn.LeakyReLU(0.3), nn.Linear(8 * w, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten()
+
+
+def init_weights(m: nn.Module) -> None:
+    """The book's RandomNormal(0, 0.02) kernels."""
+    if isinstance(m, (nn.Conv3d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+class MuseGAN(Model):
+    Config = MuseGANConfig
+    modality = "events"
+    likelihood_unit = None  # a GAN: no likelihood
+
+    def __init__(self, config: MuseGANConfig):
+        super().__init__(config)
+        self.generator = Generator(config)
+        self.critic = Critic(config)
+        self.apply(init_weights)
+        self.track_names = ["S", "A", "T", "B"][: config.tracks] + \
+            [f"track {k}" for k in range(4, config.tracks)]
+
+    @classmethod
+    def config_from_data(cls, data: Any) -> dict[str, Any]:
+        shape = getattr(data, "shape", None)
+        if not shape or not hasattr(data, "bars"):
+            return {}
+        return {"tracks": int(shape[-1]), "bars": int(data.bars), "steps": int(data.steps)}
+
+    def setup(self, data: Any) -> None:
+        if list(getattr(data, "tracks", [])):
+            self.track_names = list(data.tracks)
+
+    def artifacts(self) -> dict[str, Any]:
+        return {"tracks": self.track_names}
+
+    def load_artifacts(self, artifacts: dict[str, Any]) -> None:
+        self.track_names = list(artifacts.get("tracks", self.track_names))
+
+    # -- data <-> rolls --------------------------------------------------------------------------
+    def roll(self, pitches: torch.Tensor) -> torch.Tensor:
+        """(B, bars * steps, tracks) MIDI pitches (-1 = rest) -> (B, tracks, bars, steps,
+        pitches) in {-1, 1}, as the book one-hots them (a rest is all -1)."""
+        c = self.config
+        p = pitches.long()
+        if int(p.max()) >= c.pitches:
+            raise DataError(f"pitch {int(p.max())} is above the model's {c.pitches} pitches")
+        hot = F.one_hot(p.clamp_min(0), c.pitches).float() * (p >= 0)[..., None]
+        hot = hot.view(p.shape[0], c.bars, c.steps, c.tracks, c.pitches).permute(0, 3, 1, 2, 4)
+        return hot * 2 - 1
+
+    @staticmethod
+    def binarise(x: torch.Tensor) -> torch.Tensor:
+        """(B, tracks, bars, steps, pitches) -> (B, bars * steps, tracks) MIDI pitches: the
+        argmax over pitches at each step of each track (the book's binarisation)."""
+        B, K, nb, S, _ = x.shape
+        return x.argmax(-1).permute(0, 2, 3, 1).reshape(B, nb * S, K)
+
+    def latents(self, n: int, generator: torch.Generator | None = None,
+                device: torch.device | None = None) -> dict[str, torch.Tensor]:
+        c = self.config
+        g = {"generator": generator, "device": generator.device} if generator is not None else \
+            {"device": device}
+        z = {"chords": torch.randn(n, c.z_dim, **g), "style": torch.randn(n, c.z_dim, **g),
+             "melody": torch.randn(n, c.tracks, c.z_dim, **g),
+             "groove": torch.randn(n, c.tracks, c.z_dim, **g)}
+        return {k: v.to(self.device) for k, v in z.items()}
+
+    def forward(self, chords: torch.Tensor, style: torch.Tensor, melody: torch.Tensor,
+                groove: torch.Tensor) -> torch.Tensor:
+        return self.generator(chords, style, melody, groove)
+
+    # -- training ------------------------------------------------------------------------------
+    def configure_optimizers(self, train: Any) -> dict[str, torch.optim.Optimizer]:
+        def adam(module: nn.Module) -> torch.optim.Optimizer:
+            return torch.optim.Adam(module.parameters(), lr=train.lr, betas=tuple(train.betas))
+        return {"critic": adam(self.critic), "generator": adam(self.generator)}
+
+    def critic_loss(self, real: torch.Tensor, fake: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        wasserstein = self.critic(real).float().mean() - self.critic(fake).float().mean()
+        gp = gradient_penalty(self.critic, real, fake) if torch.is_grad_enabled() else \
+            torch.zeros((), device=real.device)
+        return -wasserstein + self.config.gp_weight * gp, wasserstein, gp
+
+    def training_step(self, batch: dict[str, torch.Tensor], optimizers: dict[str, Any],
+                      ctx: Any) -> dict[str, torch.Tensor]:
+        real = self.roll(batch["x"])
+        n = real.shape[0]
+        for _ in range(self.config.critic_steps):
+            with ctx.autocast():
+                with torch.no_grad():
+                    # the global RNG: checkpointed, so a resumed run draws the same noise
+                    fake = self(**self.latents(n, device=real.device))
+                c_loss, wasserstein, gp = self.critic_loss(real, fake)
+            ctx.optimize(c_loss, optimizers["critic"], "critic")
+        with frozen(self.critic), ctx.autocast():
+            g_loss = -self.critic(self(**self.latents(n, device=real.device))).float().mean()
+        ctx.optimize(g_loss, optimizers["generator"], "generator")
+        c_loss, g_loss = c_loss.detach(), g_loss.detach()
+        return {"loss": c_loss + g_loss, "c_loss": c_loss, "g_loss": g_loss,
+                "wasserstein": wasserstein.detach(), "gp": gp.detach()}
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Both players' losses, no update (held-out monitoring); the penalty is 0 under no_grad."""
+        real = self.roll(batch["x"])
+        fake = self(**self.latents(real.shape[0], device=real.device))
+        c_loss, wasserstein, gp = self.critic_loss(real, fake)
+        g_loss = -self.critic(fake).float().mean()
+        return {"loss": c_loss + g_loss, "c_loss": c_loss, "g_loss": g_loss,
+                "wasserstein": wasserstein, "gp": gp}
+
+
+# -- sampling ------------------------------------------------------------------------------------
+
+@dataclass
+class MuseGANOptions:
+    temperature: float = 1.0  # scales every latent: < 1 trades variety for typical bars
+    vary: Literal["all", "chords", "style", "melody", "groove"] = "all"  # the rest shared
+    bpm: float = 80.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.vary not in ("all",) + LATENTS:
+            raise ValueError(f"vary must be one of all, {', '.join(LATENTS)}; got {self.vary!r}")
+        if not self.bpm > 0:
+            raise ValueError(f"bpm must be > 0, got {self.bpm}")
+
+
+class PriorSampler(Sampler):
+    """All four latents from N(0, I) through the generator, then argmax over pitches. With
+    ``vary=style`` (or chords, melody, groove) every sample shares the other latents and only
+    that one changes: the book's demonstration of what each latent controls."""
+
+    name = "prior"
+    Options = MuseGANOptions
+
+    @torch.no_grad()
+    def sample(self, model: MuseGAN, n: int, generator: torch.Generator, **_: Any) -> MusicSample:
+        o = self.options
+        z = model.latents(n, generator)
+        if o.vary != "all":
+            z = {k: (v if k == o.vary else v[:1].expand_as(v)) for k, v in z.items()}
+        z = {k: v * o.temperature for k, v in z.items()}
+        with eval_mode(model):
+            x = model(**z)
+        grid = model.binarise(x).cpu().numpy()
+        pieces = [notes_from_grid(g) for g in grid]
+        c = model.config
+        texts = [" | ".join(" ".join(name_of(int(p)) for p in g[:, k]) for k in range(c.tracks))
+                 for g in grid[:, :: c.steps // 4]]  # every beat of every voice
+        out = MusicSample(pieces, tracks=model.track_names, bpm=o.bpm, beats_per_bar=c.steps / 4,
+                          tokens=texts)
+        out.extras["summary"] = out.summary()
+        return out
+
+
+def track_changes(model: MuseGAN, latent: str, n: int = 64, track: int = 0,
+                  seed: int = 0) -> torch.Tensor:
+    """How much each track's output moves when only `latent` is redrawn (for `melody` and
+    `groove`, only that of `track`): mean |change| of the tanh roll per track, (tracks,)."""
+    if latent not in LATENTS:
+        raise ConfigError(f"unknown latent {latent!r}; valid: {', '.join(LATENTS)}")
+    g = torch.Generator().manual_seed(seed)
+    z = model.latents(n, g)
+    z2 = dict(z)
+    new = model.latents(n, g)[latent]
+    if latent in ("melody", "groove"):
+        new = z[latent].clone()
+        new[:, track] = model.latents(n, g)[latent][:, track]
+    z2[latent] = new
+    with torch.no_grad(), eval_mode(model):
+        a, b = model(**z), model(**z2)
+    return (a - b).abs().mean(dim=(0, 2, 3, 4))
