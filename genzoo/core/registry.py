@@ -8,12 +8,14 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import re
+import types
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from genzoo.core import plugins
-from genzoo.errors import RegistryError, UnknownNameError
+from genzoo.errors import GenzooError, RegistryError, UnknownNameError
 
 PRESETS = ("quick", "book")
 SECTIONS = ("model", "train", "data")
@@ -29,13 +31,15 @@ class FamilyEntry:
     source: str = plugins.BUILTIN
 
     def model_class(self) -> type:
-        return resolve(self.model, f"family {self.name!r} ({self.source})")
+        return _a_class(resolve(self.model, f"family {self.name!r} ({self.source})"),
+                        f"the model of family {self.name!r} ({self.source})")
 
     def sampler_class(self, name: str | None = None) -> type:
         name = name or self.default_sampler or next(iter(self.samplers), None)
         if name not in self.samplers:
             raise UnknownNameError(f"sampler for family {self.name!r}", str(name), self.samplers)
-        return resolve(self.samplers[name], f"sampler {name!r} of family {self.name!r}")
+        return _a_class(resolve(self.samplers[name], f"sampler {name!r} of family {self.name!r}"),
+                        f"sampler {name!r} of family {self.name!r}")
 
 
 @dataclass
@@ -82,6 +86,12 @@ class DatasetSpec:
     origin: str = plugins.BUILTIN  # which plugin registered it
 
 
+def _a_class(obj: Any, what: str) -> type:
+    if not isinstance(obj, type):
+        raise RegistryError(f"{what} is {obj!r}, not a class; give the class or 'module:Class'")
+    return obj
+
+
 def resolve(ref: Any, what: str) -> Any:
     """Import a lazy ``module:attr`` reference; classes pass through."""
     if not isinstance(ref, str):
@@ -96,8 +106,68 @@ def resolve(ref: Any, what: str) -> Any:
     return obj
 
 
+def _as_registry_error(e: Exception, info: Any, hook: str) -> Exception:
+    """A plugin's own exception (the built-in catalogue too: a malformed registry.yaml) as one
+    line that names it; genzoo's errors pass unchanged."""
+    if isinstance(e, GenzooError):
+        return e
+    first = (str(e).splitlines() or [""])[0][:200]
+    return RegistryError(f"{hook} of plugin {info.name} ({info.source}) failed: "
+                         f"{type(e).__name__}: {first}")
+
+
 def _natural_key(name: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """Why `value` does not fit the annotation `hint` (None when it does): registry entries come
+    from YAML and third-party code, and a wrong shape must fail at registration, in one line."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        problems = [_type_problem(value, a) for a in args]
+        return None if any(p is None for p in problems) else next(p for p in problems if p)
+    if hint is type(None):
+        return None if value is None else f"expected nothing, got {type(value).__name__}"
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return f"expected a list, got {type(value).__name__}"
+        inner = args[0] if args else Any
+        return next((p for p in (_type_problem(v, inner) for v in value) if p), None)
+    if origin is dict:
+        if not isinstance(value, dict):
+            return f"expected a mapping, got {type(value).__name__}"
+        kt, vt = args if args else (Any, Any)
+        for k, v in value.items():
+            problem = _type_problem(k, kt) or _type_problem(v, vt)
+            if problem:
+                return f"at {k!r}: {problem}"
+        return None
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(hint, type):
+        ok = isinstance(value, hint)
+    else:
+        return None
+    return None if ok else f"expected {getattr(hint, '__name__', hint)}, got {type(value).__name__}"
+
+
+def _sections_problem(config: Any, presets: Any) -> str | None:
+    """``config`` is {section: {key: value}}; ``presets`` is {preset: such a config}."""
+    layers = [config] if config is not None else list((presets or {}).values())
+    for layer in layers:
+        for section, values in (layer or {}).items():
+            if section not in SECTIONS:
+                return f"has unknown section {section!r}; valid: {', '.join(SECTIONS)}"
+            if values is not None and not isinstance(values, dict):
+                return f"section {section!r} should be a mapping of settings"
+            if values and not all(isinstance(k, str) for k in values):
+                return f"section {section!r} has a key that is not a string"
+    return None
 
 
 def _make(cls: type, name: str, kwargs: dict[str, Any], source: str, kind: str) -> Any:
@@ -107,6 +177,14 @@ def _make(cls: type, name: str, kwargs: dict[str, Any], source: str, kind: str) 
     if unknown:
         raise RegistryError(f"{kind} {name!r} from {source}: unknown field {unknown[0]!r}; "
                             f"valid fields: {', '.join(sorted(valid))}")
+    hints = typing.get_type_hints(cls)
+    for key, value in kwargs.items():
+        problem = _type_problem(value, hints.get(key, Any))
+        if problem is None and key in ("presets", "config"):
+            problem = _sections_problem(value if key == "config" else None,
+                                        value if key == "presets" else None)
+        if problem:
+            raise RegistryError(f"{kind} {name!r} from {source}: field {key!r} {problem}")
     try:
         return cls(name=name, **kwargs)
     except TypeError as e:
@@ -136,7 +214,7 @@ class Registry:
                         self._add(target, name, entry, info.source, hook)
                 except Exception as e:
                     if plugins.strict() or info.source == plugins.BUILTIN:
-                        raise
+                        raise _as_registry_error(e, info, hook) from e
                     self.host.fail(info, e)  # the whole plugin is out: partial state is worse
                     self._drop(info.source)
         for info, fn in self._ordered("register_samplers"):
@@ -151,7 +229,7 @@ class Registry:
                     fam.samplers[name] = sampler
             except Exception as e:
                 if plugins.strict() or info.source == plugins.BUILTIN:
-                    raise
+                    raise _as_registry_error(e, info, "a registration hook") from e
                 self.host.fail(info, e)
         for info, fn in self._ordered("register_writers"):
             staged = []
@@ -166,7 +244,7 @@ class Registry:
                     self.writers[kind] = writer
             except Exception as e:
                 if plugins.strict() or info.source == plugins.BUILTIN:
-                    raise
+                    raise _as_registry_error(e, info, "a registration hook") from e
                 self.host.fail(info, e)
         for entry in self.models.values():
             if entry.family not in self.families:
