@@ -1,0 +1,139 @@
+"""``zoo gallery``: a static HTML site over runs, readable offline from ``file://``.
+
+``DIR/index.html`` holds the leaderboard (``genzoo.core.leaderboard``) with a link per run;
+``DIR/<run>/index.html`` shows the run's sample grids, text samples, loss curves, confusion
+matrix, metrics and config. Every image is copied beside its page (the site is self-contained:
+move or zip it) and pages use no scripts and no network.
+"""
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from genzoo.core import leaderboard as lb
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:14px;margin:1em 0}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f3f3f3} pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:13px}
+figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}
+figure img{max-width:520px;border:1px solid #ddd} img.px{image-rendering:pixelated}
+figcaption{font-size:13px;color:#555} .note{color:#555;font-size:13px}
+"""
+MAX_STEP_GRIDS = 4  # the last few periodic grids, besides the final ones
+
+
+def page(title: str, body: str, up: str = "") -> str:
+    nav = f'<p><a href="{up}index.html">&larr; all runs</a></p>' if up else ""
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<link rel=\"icon\" href=\"data:,\">"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>"
+            f"<body>{nav}<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _images(run: Path) -> list[tuple[Path, str]]:
+    """(file, caption): final samples first, then the run's own figures, then the last grids."""
+    samples = run / "samples"
+    pngs = sorted(samples.glob("*.png")) if samples.is_dir() else []
+    steps = [p for p in pngs if p.name.startswith("step_")]
+    others = [p for p in pngs if p not in steps]
+    out = [(p, f"samples: {p.stem}") for p in others]
+    out += [(p, p.stem.replace("_", " ")) for p in sorted(run.glob("*.png"))]
+    out += [(p, f"samples during training: {p.stem}") for p in steps[-MAX_STEP_GRIDS:]]
+    return out
+
+
+def _texts(run: Path, limit: int = 3) -> list[tuple[str, str]]:
+    samples = run / "samples"
+    files = sorted(samples.glob("*.txt"), key=lambda p: (not p.name.startswith("final"), p.name)) \
+        if samples.is_dir() else []
+    out = []
+    for p in files[:limit]:
+        text = p.read_text(encoding="utf-8", errors="replace")
+        out.append((p.stem, text[:4000] + (" ..." if len(text) > 4000 else "")))
+    return out
+
+
+def run_page(run: Path, row: lb.Row, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [f'<p class="note">{html.escape(row.family)} · {html.escape(row.dataset)} · '
+             f'run folder <code>{html.escape(str(run))}</code></p>']
+    lb_cells = lb.cells(row, run_label="")
+    parts.append(_table(list(lb.COLUMNS[:-1]), [[html.escape(c) for c in lb_cells[:-1]]]))
+    if row.protocol:
+        parts.append(f'<p class="note">FID/KID protocol: {html.escape(row.protocol)}</p>')
+    figures = []
+    for i, (src, caption) in enumerate(_images(run)):
+        name = f"{i:02d}-{src.name}"
+        shutil.copyfile(src, out / name)
+        px = ' class="px"' if src.parent.name == "samples" else ""  # grids: crisp pixels
+        figures.append(f'<figure><img{px} src="{html.escape(name)}" alt="{html.escape(caption)}">'
+                       f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    if figures:
+        parts.append("<h2>Samples and figures</h2>" + "".join(figures))
+    texts = _texts(run)
+    if texts:
+        parts.append("<h2>Text samples</h2>" + "".join(
+            f"<h3>{html.escape(stem)}</h3><pre>{html.escape(t, quote=False)}</pre>" for stem, t in texts))
+    metrics = _metric_rows(run)
+    if metrics:
+        parts.append("<h2>Metrics</h2>" + _table(["metric", "value"], metrics))
+    cfg = lb._json(run / "config.json")
+    if cfg:
+        parts.append("<h2>Config</h2><pre>" + html.escape(json.dumps(cfg, indent=2), quote=False) + "</pre>")
+    (out / "index.html").write_text(page(f"{row.model} — {run.name}", "\n".join(parts), "../"),
+                                    encoding="utf-8")
+
+
+def _metric_rows(run: Path) -> list[list[str]]:
+    rows: list[list[str]] = []
+    ev = lb._json(run / "eval.json") or {}
+    for k, v in ev.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            rows.append([html.escape(f"eval ({ev.get('split', '?')}): {k}"), f"{v:.6g}"])
+    tests = [m for m in lb._metrics(run) if m.get("split") == "test"]
+    if tests:
+        for k, v in tests[-1].items():
+            if isinstance(v, (int, float)) and k not in ("step",):
+                rows.append([html.escape(f"test after training: {k}"), f"{v:.6g}"])
+    return rows
+
+
+def build(paths: list[str | Path], out: str | Path) -> Path:
+    """Write the site; returns the index path."""
+    out = Path(out)
+    runs = lb.find_runs(paths or ["runs"])
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[tuple[lb.Row, str]] = []
+    used: set[str] = set()
+    for run in runs:
+        r = lb.row(run)
+        slug, k = run.name, 2
+        while slug in used:
+            slug, k = f"{run.name}-{k}", k + 1
+        used.add(slug)
+        run_page(run, r, out / slug)
+        rows.append((r, slug))
+    rows.sort(key=lambda rs: (rs[0].dataset, rs[0].family, rs[0].model, rs[0].run))
+    table = _table(list(lb.COLUMNS), [
+        [html.escape(c) for c in lb.cells(r)[:-1]] + [f'<a href="{html.escape(slug)}/index.html">'
+                                                      f"{html.escape(slug)}</a>"]
+        for r, slug in rows])
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in lb.protocols([r for r, _ in rows]))
+    body = (f'<p class="note">{len(rows)} runs. Gathered from run folders by <code>zoo gallery</code>; '
+            "figures come from each run's eval.json (<code>zoo eval</code>), bench.json "
+            "(<code>zoo bench RUN</code>) or, marked (log), its own training log.</p>" + table
+            + (f"<h2>FID/KID protocols</h2><ul>{notes}</ul>" if notes else ""))
+    index = out / "index.html"
+    index.write_text(page("genzoo gallery", body), encoding="utf-8")
+    return index

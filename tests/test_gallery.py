@@ -1,0 +1,98 @@
+"""`zoo leaderboard` and `zoo gallery`: tables gathered from run folders, and the static site
+checked in a real headless browser (Debian's chromium driven by Playwright): the index loads,
+a link leads to a run page, every image decodes, no console errors."""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from genzoo import api
+from genzoo.cli import cli
+
+CHROMIUM = os.environ.get("GENZOO_CHROMIUM") or shutil.which("chromium") or \
+    shutil.which("chromium-browser")
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    quick = {"train.steps": 2, "batch_size": 8, "sample_n": 4, "log_every": 1}
+    api.train("cnn-fashion", "quick", quick, out=root / "cnn", progress=False)
+    gen = api.train("pixelcnn", "quick", quick, out=root / "pixelcnn", progress=False)
+    text = api.train("gpt", "quick", quick,
+                     out=root / "gpt", progress=False)
+    # figures as zoo eval and zoo bench RUN leave them
+    (gen.path / "eval.json").write_text(json.dumps({
+        "split": "test", "bits_per_dim": 0.6, "fid": 12.5, "kid": 0.05,
+        "protocol": "features: test; real: 100 test images; fake: 100 samples"}))
+    (gen.path / "bench.json").write_text(json.dumps([
+        {"model": "pixelcnn", "device": "cpu", "metric": "train_throughput",
+         "setting": "x (Trainer loop incl. final checkpoint)", "median": 321.0, "unit": "samples/s"},
+        {"model": "pixelcnn", "device": "cpu", "metric": "sample_latency",
+         "setting": "sampler=cached n=16", "median": 0.002, "unit": "s/sample"}]))
+    return root, gen, text
+
+
+def test_leaderboard_gathers_eval_and_bench(runs):
+    root, gen, _ = runs
+    r = CliRunner().invoke(cli, ["leaderboard", str(root), "--markdown"])
+    assert r.exit_code == 0, r.output
+    line = next(l for l in r.output.splitlines() if l.startswith("| pixelcnn"))
+    for cell in ("0.6 bits/dim", "12.50", "0.0500", "321", "2", "cpu", "52k"):
+        assert cell in line, (cell, line)
+    assert "features: test; real: 100 test images" in r.output
+    rows = json.loads(CliRunner().invoke(cli, ["leaderboard", str(root), "--json"]).output)
+    assert {row["model"] for row in rows} == {"cnn-fashion", "pixelcnn", "gpt"}
+    r = CliRunner().invoke(cli, ["leaderboard", str(root / "nope")])
+    assert r.exit_code != 0 and len(r.output.strip().splitlines()) == 1
+
+
+def test_gallery_writes_a_self_contained_site(runs, tmp_path):
+    root, gen, text = runs
+    r = CliRunner().invoke(cli, ["gallery", str(root), "--out", str(tmp_path / "site")])
+    assert r.exit_code == 0, r.output
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert 'href="pixelcnn/index.html"' in index and "12.50" in index
+    page = (tmp_path / "site" / "pixelcnn" / "index.html").read_text()
+    assert "<img" in page and "bits_per_dim" in page and '"family": "pixelcnn"' in page
+    assert "<pre>" in (tmp_path / "site" / "gpt" / "index.html").read_text()
+    for img in (tmp_path / "site").glob("*/*.png"):  # copies, not links to the run folders
+        assert not img.is_symlink()
+
+
+def test_gallery_in_a_real_browser(runs, tmp_path):
+    if not CHROMIUM:
+        pytest.skip("no chromium binary (Debian: apt-get install chromium); set GENZOO_CHROMIUM")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright not installed (pip install playwright)")
+    root, _, _ = runs
+    site = tmp_path / "site"
+    assert CliRunner().invoke(cli, ["gallery", str(root), "--out", str(site)]).exit_code == 0
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto((site / "index.html").as_uri())
+            assert page.title() == "genzoo gallery"
+            assert page.locator("table tbody tr").count() == 3
+            page.click('a[href="pixelcnn/index.html"]')
+            page.wait_for_load_state("load")
+            assert page.url.endswith("pixelcnn/index.html")
+            widths = page.eval_on_selector_all(
+                "img", "imgs => imgs.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+            assert widths, "the run page shows no images"
+            assert all(done and w > 0 for _, done, w in widths), widths
+            page.click("text=all runs")
+            page.wait_for_load_state("load")
+            assert Path(page.url.replace("file://", "")).name == "index.html"
+        finally:
+            browser.close()
+    assert not errors, errors
