@@ -39,6 +39,10 @@ class ZooGroup(click.Group):
         self._plugin_commands()
         return super().list_commands(ctx)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["genzoo.argv"] = list(args)  # `zoo train --nproc N` relaunches them via torchrun
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -314,7 +318,10 @@ def _do_train(name: str | None, preset: str, sets: tuple[str, ...], steps: int |
 @click.argument("name", required=False)
 @train_options
 @click.option("--resume", type=click.Path(), help="Continue the run in this folder.")
-def train(name: str | None, **kw: Any) -> None:
+@click.option("--nproc", type=int, help="Data-parallel processes on this machine (wraps torchrun; "
+              "one per GPU, or CPU processes). The global batch and the data order stay those "
+              "of one process.")
+def train(name: str | None, nproc: int | None, **kw: Any) -> None:
     """Train NAME (a registry model) and save a run folder.
 
     \b
@@ -323,9 +330,49 @@ def train(name: str | None, **kw: Any) -> None:
       zoo train pixelcnn --preset book --set filters=64 --device cuda
       zoo train vae-faces --data folder:~/pictures/faces
       zoo train --resume runs/pixelcnn-20261125-101500 --steps 3000
+      zoo train pixelcnn --nproc 2            # two processes (torchrun --standalone)
     """
+    if nproc is not None:
+        _launch(name, nproc, kw)
+        return
     run = _do_train(name, **kw)
     _report(run)
+
+
+def _launch(name: str | None, nproc: int, kw: dict[str, Any]) -> None:
+    """Check the config here, then run this same command under torchrun, `nproc` processes."""
+    if nproc < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--nproc")
+    if os.environ.get("WORLD_SIZE"):
+        raise click.UsageError("--nproc is for launching; this process already runs under torchrun")
+    if not kw.get("resume"):
+        if name is None:
+            raise click.UsageError("give a model NAME (see `zoo list`) or --resume RUN")
+        from genzoo.core.factory import plan
+        sets = kw["sets"] + (("train.steps=None",) if kw["epochs"] is not None and kw["steps"] is None else ())
+        p = plan(name, kw["preset"], _overrides(sets, **{
+            "train.steps": kw["steps"], "train.epochs": kw["epochs"], "train.batch_size": kw["batch_size"],
+            "train.device": kw["device"], "train.seed": kw["seed"], "data.root": kw["data_root"]},
+            **_data_option(kw["data_name"])))
+        if p.train.batch_size % nproc:
+            raise click.BadParameter(f"batch_size {p.train.batch_size} does not split over {nproc} "
+                                     f"processes; use a multiple of {nproc}", param_hint="--nproc")
+    argv = list(click.get_current_context().find_root().meta.get("genzoo.argv", []))
+    args, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    import subprocess
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "genzoo", *args]
+    rc = subprocess.call(cmd)
+    if rc != 0:
+        raise click.ClickException(f"distributed training stopped (exit code {rc}); see the "
+                                   "messages above")
 
 
 @cli.command("run")
@@ -348,6 +395,8 @@ def run_cmd(name: str, n: int, **kw: Any) -> None:
 
 
 def _report(run: Any, paths: list[Path] | None = None, out: Any = None) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return
     tests = [m for m in run.metrics() if m.get("split") == "test"]
     c = _console()
     c.print(f"run:      {run.path}")
