@@ -67,7 +67,7 @@ def test_folder_source_with_celeba_attributes_and_cache(tmp_path):
     assert data.x.shape == (9, 3, 32, 32)
     assert data.attribute_names == ["Smiling", "Blond_Hair"]
     assert data.classes == ["not Smiling", "Smiling"]
-    cached = list((tmp_path / "data-root" / "cache").glob("*.npz"))
+    cached = list((tmp_path / "data-root" / "cache").glob("*.npy"))
     assert len(cached) == 1
     assert torch.equal(load(cfg).x, data.x)  # second load comes from the cache
 

@@ -15,6 +15,7 @@ The Dataset interface (duck-typed; ``Dataset`` below documents it):
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -55,6 +56,7 @@ class DataConfig:
     points: int = 3000  # generated point sets: how many (book: 3,000 two-moons points)
     noise: float = 0.05  # generated point sets: noise of the generator (book: 0.05)
     pad: int = 0  # images: zero pixels added on each side (the book pads 28x28 to 32x32)
+    mmap: bool | None = None  # folder/Kaggle images: memory-map the decoded cache (None: when > 1 GiB)
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -102,6 +104,8 @@ class ImageData(Dataset):
     attribute_names: list[str] = field(default_factory=list)
     name: str = ""
     modality: str = "image"
+    mapped = False  # x is a memory map of the decoded cache: read per batch, never moved whole
+    pad_px = 0  # mapped sets are padded per batch (padding the whole map would load it)
 
     def __post_init__(self) -> None:
         import torch
@@ -113,6 +117,9 @@ class ImageData(Dataset):
 
     def batch(self, index: Any) -> dict[str, Any]:
         out = {"x": self.x[index]}
+        if self.pad_px:
+            import torch.nn.functional as F
+            out["x"] = F.pad(out["x"], (self.pad_px,) * 4)
         if self.y is not None:
             out["y"] = self.y[index]
         if self.attributes is not None:
@@ -125,6 +132,8 @@ class ImageData(Dataset):
         return out
 
     def to(self, device: Any) -> "ImageData":
+        if self.mapped:
+            return self
         self.x = self.x.to(device)
         if self.y is not None:
             self.y = self.y.to(device)
@@ -133,11 +142,15 @@ class ImageData(Dataset):
     def images(self, index: Any = None) -> Any:
         """Floats in [0, 1] (all, or the rows in `index`), on the CPU."""
         x = self.x if index is None else self.x[index]
+        if self.pad_px:
+            import torch.nn.functional as F
+            x = F.pad(x, (self.pad_px,) * 4)
         return to_float(x).cpu()
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
+        c, h, w = self.x.shape[1:]
+        return (c, h + 2 * self.pad_px, w + 2 * self.pad_px)
 
 
 def to_float(x: Any) -> Any:
@@ -310,11 +323,18 @@ def read_attribute_csv(path: Path) -> tuple[list[str], dict[str, list[bool]]]:
     return names, table
 
 
+MMAP_BYTES = int(os.environ.get("GENZOO_MMAP_BYTES", 1 << 30))  # decoded sets above this are mapped
+
+
 def _folder(folder: Path, cfg: DataConfig, split: str, options: dict[str, Any],
             name: str) -> ImageData:
+    """Decode the folder once into a uint8 cache (N, C, H, W) ``.npy`` under the data root, the
+    training split first and the test split after it, so each split is one slice of the file.
+    Sets bigger than ``MMAP_BYTES`` (or ``data.mmap=true``) are memory-mapped, not loaded: a batch
+    reads only its rows. The key hashes every file's name, size and mtime (changed pixels are
+    decoded again); writes are atomic and one process decodes while others wait (a shared root)."""
     import numpy as np
     import torch
-    from PIL import Image
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist")
     pattern = options.get("glob", "**/*")
@@ -325,41 +345,135 @@ def _folder(folder: Path, cfg: DataConfig, split: str, options: dict[str, Any],
         files = files[: cfg.limit]
     size = cfg.size or options.get("size")
     mode = "L" if cfg.channels == 1 else "RGB"
-    key = hashlib.sha1(f"{folder.resolve()}|{len(files)}|{files[-1].name}|{size}|{mode}".encode())
-    cache = data_root(cfg.root) / "cache" / f"{name}-{key.hexdigest()[:16]}.npz"
-    if cache.exists():
-        arr = np.load(cache, allow_pickle=False)["images"]
-    else:
-        decoded = []
-        for p in files:
-            try:
-                im = Image.open(p).convert(mode)
-            except Exception as e:
-                raise DataError(f"cannot read image {p}: {e}") from None
-            if size:
-                im = _center_crop_resize(im, int(size))
-            decoded.append(np.asarray(im))
-        if len({a.shape for a in decoded}) > 1:
-            raise DataError(f"images in {folder} differ in size; pass --set data.size=N")
-        arr = np.stack(decoded)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, images=arr)
-        os.replace(tmp, cache)
-    x = torch.from_numpy(arr)
-    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    train_idx = split_index(len(files), "train", cfg.test_fraction)
+    test_idx = split_index(len(files), "test", cfg.test_fraction)
+    order = torch.cat([train_idx, test_idx]).tolist()
+    key = hashlib.sha1(f"{folder.resolve()}|{size}|{mode}|{cfg.test_fraction}|v2".encode())
+    for p in files:
+        st = p.stat()
+        key.update(f"{p.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    cache = data_root(cfg.root) / "cache" / f"{name}-{key.hexdigest()[:16]}.npy"
+    if not cache.exists():
+        _decode_to_cache([files[i] for i in order], cache, size, mode, folder)
+    n_train = len(train_idx)
+    lo, hi = (0, n_train) if split == "train" else (n_train, len(files))
+    mapped = cfg.mmap if cfg.mmap is not None else cache.stat().st_size > MMAP_BYTES
+    try:
+        arr = np.load(cache, mmap_mode="c", allow_pickle=False)  # "c": private, never written back
+    except (ValueError, OSError) as e:
+        raise DataError(f"the image cache {cache} is damaged ({e}); delete it") from None
+    if mapped:  # batches read random rows: no read-ahead of the neighbours (it maps it all in)
+        import mmap as mmaplib
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            arr._mmap.madvise(mmaplib.MADV_RANDOM)
+    part = arr[lo:hi]
+    x = torch.from_numpy(part if mapped else np.array(part))
     attrs, attr_names = None, []
     csv_name = options.get("attributes", "list_attr_celeba.csv")
     found = list(folder.glob(f"**/{csv_name}"))
     if found:
         attr_names, table = read_attribute_csv(found[0])
-        rows = [table.get(p.name) for p in files]
+        rows = [table.get(files[i].name) for i in order[lo:hi]]
         if all(r is not None for r in rows):
             attrs = torch.tensor(rows, dtype=torch.bool)
-    idx = split_index(len(x), split, cfg.test_fraction)
-    x = x[idx].contiguous()
-    attrs = attrs[idx] if attrs is not None else None
-    return ImageData(x, None, [], attrs, attr_names, name)
+    data = ImageData(x, None, [], attrs, attr_names, name)
+    data.mapped = mapped
+    return data
+
+
+def _decode_one(path: Path, size: Any, mode: str) -> Any:
+    import numpy as np
+    from PIL import Image
+    try:
+        im = Image.open(path).convert(mode)
+    except Exception as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+    if size:
+        im = _center_crop_resize(im, int(size))
+    a = np.asarray(im)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def _decode_chunk(paths: list[Path], size: Any, mode: str) -> Any:
+    import numpy as np
+    return np.stack([_decode_one(p, size, mode) for p in paths])
+
+
+def _decode_to_cache(files: list[Path], cache: Path, size: Any, mode: str, folder: Path) -> None:
+    """Decode `files` in order into `cache` (.npy, uint8 N x C x H x W): worker processes for big
+    sets, written through a memory map (never all in RAM), renamed into place when complete,
+    under a lock so processes sharing the data root decode once."""
+    import numpy as np
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(cache.with_name(cache.name + ".lock")):
+        if cache.exists():  # another process decoded it while we waited
+            return
+        first = _decode_one(files[0], size, mode)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                        shape=(len(files), *first.shape))
+        try:
+            chunk = 256
+            starts = list(range(0, len(files), chunk))
+            workers = min(os.cpu_count() or 1, 8)
+            progress = _decode_progress(len(files), folder)
+            with progress:
+                task = progress.add_task("decode", total=len(files))
+
+                def put(start: int, block: Any) -> None:
+                    if block.shape[1:] != first.shape:
+                        raise DataError(f"images in {folder} differ in size; pass --set "
+                                        "data.size=N")
+                    out[start:start + len(block)] = block
+                    progress.update(task, advance=len(block))
+                if len(files) >= 2000 and workers > 1:
+                    import multiprocessing
+                    from concurrent.futures import ProcessPoolExecutor
+                    ctx = multiprocessing.get_context("spawn")  # no fork of a threaded torch
+                    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                        jobs = [(s, pool.submit(_decode_chunk, files[s:s + chunk], size, mode))
+                                for s in starts]
+                        for s, job in jobs:
+                            put(s, job.result())
+                else:
+                    for s in starts:
+                        put(s, _decode_chunk(files[s:s + chunk], size, mode))
+            out.flush()
+            del out
+            os.replace(tmp, cache)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _decode_progress(total: int, folder: Path) -> Any:
+    import sys
+    if total < 2000 or not sys.stderr.isatty():
+        from genzoo.core.trainer import _NullProgress
+        return _NullProgress()
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    return Progress(TextColumn(f"decoding {folder.name}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+
+
+class _file_lock:
+    """An exclusive flock held while one process builds a shared file (no-op without fcntl)."""
+
+    def __init__(self, path: Path):
+        self.path, self.fd = path, None
+
+    def __enter__(self) -> "_file_lock":
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            import fcntl
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except ImportError:
+            pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        os.close(self.fd)
 
 
 def _center_crop_resize(im: Any, size: int) -> Any:
@@ -401,7 +515,10 @@ def _transform(data: ImageData, cfg: DataConfig) -> ImageData:
     if cfg.pad:
         if cfg.pad < 0:
             raise DataError(f"pad must be >= 0, got {cfg.pad}")
-        x = F.pad(x, (cfg.pad,) * 4)  # zeros: black borders, as the book pads 28x28 to 32x32
+        if data.mapped and not (change_channels or resize):
+            data.pad_px = cfg.pad
+        else:
+            x = F.pad(x, (cfg.pad,) * 4)  # zeros: black borders, as the book pads 28x28 to 32x32
     data.x = x.contiguous()
     return data
 
