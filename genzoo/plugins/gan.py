@@ -190,7 +190,10 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
     x_hat = (real + alpha * (fake - real)).detach().requires_grad_(True)
     # view_as: the critic sees a non-leaf, which torch's FlopCounterMode (zoo bench) needs
     (grad,) = torch.autograd.grad(critic(x_hat.view_as(x_hat)).sum(), x_hat, create_graph=True)
-    return ((grad.float().flatten(1).norm(dim=1) - 1) ** 2).mean()
+    # eps inside the root: the norm's gradient is 0/0 where a (tiny, freshly initialised)
+    # critic is flat, which turned the first steps into nan
+    norm = (grad.float().flatten(1).pow(2).sum(1) + 1e-12).sqrt()
+    return ((norm - 1) ** 2).mean()
 
 
 # -- models -----------------------------------------------------------------------------------

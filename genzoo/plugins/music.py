@@ -437,8 +437,9 @@ def _parse_cached(files: list[Path], cache: Path, what: str) -> list[dict[str, A
         except (ValueError, KeyError):
             pass  # a damaged cache: parse again
     from genzoo.core.checkpoint import atomic_write
-    print(f"parsing {len(files)} {what} with music21, once (cached in {cache}) ...",
-          file=sys.stderr, flush=True)
+    if len(files) >= 20:  # a wait worth announcing (the chorales: a minute or more)
+        print(f"parsing {len(files)} {what} with music21, once (cached in {cache}) ...",
+              file=sys.stderr, flush=True)
     pieces = []
     for path in files:
         notes, durs = parse_file(path)
