@@ -584,6 +584,8 @@ def gallery(runs: tuple[str, ...], out: str) -> None:
 
 @cli.command()
 @click.argument("names", nargs=-1)
+@click.option("--all", "all_models", is_flag=True, help="Every registry model (the default "
+              "when no NAMES are given).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--repeats", default=5, show_default=True, help="Timed repeats (median reported).")
 @click.option("--batch-size", type=int, help="Training batch size (default: the preset's).")
@@ -592,23 +594,38 @@ def gallery(runs: tuple[str, ...], out: str) -> None:
               help="Training steps per timed repeat.")
 @click.option("--preset", default="book", show_default=True)
 @click.option("--json", "json_out", type=click.Path(), help="Write records as JSON.")
-def bench(names: tuple[str, ...], device: str, repeats: int, batch_size: int | None,
-          n_samples: int, steps_per_repeat: int, preset: str, json_out: str | None) -> None:
-    """Time training throughput and sampling latency (median of repeats after warm-up).
+@click.option("--markdown", is_flag=True, help="Print the records as a Markdown table.")
+def bench(names: tuple[str, ...], all_models: bool, device: str, repeats: int,
+          batch_size: int | None, n_samples: int, steps_per_repeat: int, preset: str,
+          json_out: str | None, markdown: bool) -> None:
+    """Time NAMES (registry models) or RUN folders: params, training samples/s (the model's
+    step and the full trainer loop), sampling latency per sampler, peak memory, FLOPs per
+    sample and the share of the matmul peak measured in the same run, and the precision used.
+    A RUN's records are also saved to RUN/bench.json (read by `zoo leaderboard`).
 
     \b
     Examples:
       zoo bench pixelcnn
-      zoo bench pixelcnn --device cuda --json bench.json
+      zoo bench --all --preset quick --markdown
+      zoo bench runs/pixelcnn-20261125-101500 --device cuda
     """
-    from genzoo.core.bench import bench_model, print_records
-    names = names or tuple(e.name for e in _registry().list())
+    from genzoo.core.bench import bench_model, markdown_records, print_records
+    if all_models or not names:
+        names = tuple(names) + tuple(e.name for e in _registry().list() if e.name not in names)
     records = []
     for name in names:
-        records += bench_model(name, preset=preset, device=device, repeats=repeats,
-                               batch_size=batch_size, n_samples=n_samples,
-                               steps_per_repeat=steps_per_repeat)
-    print_records(records)
+        run = name if (Path(name) / "config.json").exists() else None
+        got = bench_model(name, preset=preset, device=device, repeats=repeats,
+                          batch_size=batch_size, n_samples=n_samples,
+                          steps_per_repeat=steps_per_repeat, run=run)
+        if run:
+            _write_out(str(Path(run) / "bench.json"), json.dumps(got, indent=2))
+            click.echo(f"wrote {Path(run) / 'bench.json'}")
+        records += got
+    if markdown:
+        click.echo(markdown_records(records))
+    else:
+        print_records(records)
     if json_out:
         _write_out(json_out, json.dumps(records, indent=2))
         click.echo(f"wrote {json_out}")

@@ -59,20 +59,49 @@ def bench_data(p: Any, batch_size: int) -> Any:
         return ImageData(torch.rand(n, *shape.shape, generator=g), y, shape.classes)
 
 
+def plan_from_run(path: str, device: str) -> Any:
+    """The Plan a run was trained with (its config.json), to bench that exact model."""
+    from genzoo.core import config as configlib
+    from genzoo.core.checkpoint import Run
+    from genzoo.core.data import DataConfig
+    from genzoo.core.factory import Plan
+    from genzoo.core.registry import registry
+    cfg = Run.open(path).read_config()
+    reg = registry()
+    family = reg.get_family(cfg["family"])
+    train = configlib.build(TrainConfig, {**cfg["train"], "device": device}, what="train")
+    data = configlib.build(DataConfig, cfg["data"], what="data")
+    return Plan(reg.get(cfg["name"]), family, family.model_class(), cfg.get("preset", "?"),
+                cfg["model"], train, data, cfg.get("sampler"))
+
+
+def _peak_rss_mb() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: int = 5,
                 batch_size: int | None = None, n_samples: int = 16,
-                steps_per_repeat: int = 10) -> list[dict[str, Any]]:
+                steps_per_repeat: int = 10, run: str | None = None) -> list[dict[str, Any]]:
+    """`run`: bench the model of a run folder (its config; its trained weights for sampling)."""
     from genzoo.core.factory import build_model, plan
     from genzoo.core.registry import registry
     from genzoo.core.sampler import draw
     dev = pick_device(device)
-    p = plan(name, preset, {"train.device": device})
+    p = plan_from_run(run, device) if run else plan(name, preset, {"train.device": device})
+    name, preset = p.entry.name, p.preset
+    rss_before = _peak_rss_mb()
     bs = batch_size or p.train.batch_size
     p.train.batch_size = bs
     data = bench_data(p, bs)
     torch.manual_seed(0)
     model = build_model(p, data)
     model.setup(data)
+    if run:
+        from genzoo.core import checkpoint as ckpt
+        r = ckpt.Run.open(run)
+        ckpt.load_weights(model, r.weights_path)
+        ckpt.load_artifacts(model, r.path)
     model.to(dev)
     out: list[dict[str, Any]] = []
     setting = f"preset={preset} batch={bs} params={model.num_params()}"
@@ -90,8 +119,17 @@ def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: i
             ctx.step = i
             model.training_step(cached[i % len(cached)], optimizers, ctx)
 
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     times = timeit(steps, repeats, 1, dev)
     step_times = [t / steps_per_repeat for t in times]
+    if dev.type == "cuda":
+        peak = [torch.cuda.max_memory_allocated(dev) / 2**20]
+        how = "CUDA max allocated"
+    else:
+        peak = [_peak_rss_mb() - rss_before]
+        how = "peak RSS growth of the process"
+    out.append(record(name, dev, "peak_memory", f"{setting} training_step, {how}", peak, "MiB"))
     out.append(record(name, dev, "train_throughput", f"{setting} (training_step)",
                       [bs / t for t in step_times], "samples/s"))
     seq_len = getattr(data, "seq_len", None) if getattr(data, "modality", "") == "text" else None
@@ -141,6 +179,12 @@ def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: i
         times = [first] + timeit(one, reps - 1, 0, dev)
         out.append(record(name, dev, "sample_latency", f"sampler={sname} n={n_samples}",
                           [t / n_samples for t in times], "s/sample"))
+    precision = (str(ctx.dtype).replace("torch.", "") + " autocast" if ctx.dtype else "fp32") \
+        + f" (amp={p.train.amp})"
+    for r in out:
+        r["precision"] = precision
+        if run:
+            r["run"] = str(run)
     return out
 
 
@@ -187,6 +231,9 @@ def print_records(records: list[dict[str, Any]]) -> None:
         table.add_row(r["model"], r["device"], r["metric"], r["setting"], f"{r['median']:.4g}",
                       f"{r['min']:.4g}", f"{r['max']:.4g}", r["unit"])
     console.print(table)
+    precisions = {r["model"]: r["precision"] for r in records if r.get("precision")}
+    for model, precision in precisions.items():
+        console.print(f"{model}: training precision {precision}")
     by = {}
     for r in records:
         if r["metric"] == "sample_latency":
@@ -195,3 +242,12 @@ def print_records(records: list[dict[str, Any]]) -> None:
         if "sampler=naive" in s and len(s) > 1:
             fastest = min(v for k, v in s.items() if k != "sampler=naive")
             console.print(f"{model}: fastest sampler is {s['sampler=naive'] / fastest:.1f}x the naive one")
+
+
+def markdown_records(records: list[dict[str, Any]]) -> str:
+    cols = ("model", "device", "precision", "metric", "setting", "median", "min", "max", "unit")
+    lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    for r in records:
+        cells = [str(r.get(c, "")) if c not in ("median", "min", "max") else f"{r[c]:.4g}" for c in cols]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
