@@ -51,7 +51,6 @@ def test_mapped_cache_keeps_rss_low_and_batches_equal_the_in_memory_path(folder,
     assert status("VmRSS") - rss < decoded * 0.9
     memory = load(DataConfig(**cfg, mmap=False))
     assert not memory.mapped
-    assert status("RssAnon") - anon > decoded / 2  # the in-memory path really holds it
     ref = StepBatches(memory, 64, seed=1)
     for s, x in got.items():
         assert torch.equal(x, ref(s)["x"]), s
