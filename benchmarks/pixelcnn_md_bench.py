@@ -99,6 +99,8 @@ def main():
     ap.add_argument("--steps", type=int, default=5, help="training steps per timed repeat")
     ap.add_argument("--n", type=int, default=4, help="images per sampling call")
     ap.add_argument("--naive-repeats", type=int, default=1)
+    ap.add_argument("--size", type=int, default=None,
+                    help="image side for the naive-vs-cached comparison (default: trained size)")
     ap.add_argument("--json")
     a = ap.parse_args()
     dev = torch.device(a.device)
@@ -147,15 +149,20 @@ def main():
             results.setdefault(key, []).append(a.steps * a.batch_size / t)
 
     model.eval()
-    for sampler, reps in ((CachedSampler(), a.repeats), (NaiveSampler(), a.naive_repeats)):
+    with torch.no_grad():  # the trained size, cached (what `zoo sample` does)
+        times = timeit(lambda: CachedSampler().sample(model, a.n, torch.Generator().manual_seed(0)),
+                       a.repeats, 1, dev)
+    results[f"sample_cached_{c.image_size}px_s_per_image"] = [t / a.n for t in times]
+    for sampler, reps in ((CachedSampler(size=a.size), a.repeats), (NaiveSampler(size=a.size), a.naive_repeats)):
         with torch.no_grad():
             times = timeit(lambda: sampler.sample(model, a.n, torch.Generator().manual_seed(0)),
                            reps, 0 if sampler.name == "naive" else 1, dev)
         results[f"sample_{sampler.name}_s_per_image"] = [t / a.n for t in times]
-    g = torch.Generator().manual_seed(0)
+    info["comparison_size"] = a.size or c.image_size
     with torch.no_grad():
-        same = torch.equal(CachedSampler().sample(model.double(), 1, torch.Generator().manual_seed(0)),
-                           NaiveSampler().sample(model, 1, g))
+        model.double()
+        same = torch.equal(CachedSampler(size=a.size).sample(model, 2, torch.Generator().manual_seed(0)),
+                           NaiveSampler(size=a.size).sample(model, 2, torch.Generator().manual_seed(0)))
     summary = {k: statistics.median(v) for k, v in results.items()}
     summary["ratio_training_step_vs_bare"] = summary["genzoo_training_step"] / summary["bare_pytorch_train"]
     summary["ratio_loop_vs_bare"] = summary["genzoo_trainer_loop"] / summary["bare_pytorch_train"]

@@ -127,23 +127,25 @@ def params_per_pixel(channels: int, mixtures: int) -> int:
 
 
 def split_params(p: torch.Tensor, channels: int, mixtures: int):
-    """(..., P) -> logits (..., K), means, log_scales, coeffs (..., C, K)."""
+    """(N, P, *spatial) -> logits (N, K, ...), means and log_scales (N, C, K, ...), coeffs
+    (N, 3, K, ...) or None. Channel-first slices: no permute, so the loss stays as fast as a
+    hand-written one."""
     K, C = mixtures, channels
-    logits = p[..., :K]
-    rest = p[..., K:].unflatten(-1, (-1, K))  # (..., 2C [+3], K)
-    means, log_scales = rest[..., :C, :], rest[..., C:2 * C, :].clamp(min=-7.0)
-    coeffs = torch.tanh(rest[..., 2 * C:, :]) if C == 3 else None
+    logits = p[:, :K]
+    rest = p[:, K:].unflatten(1, (-1, K))  # (N, 2C [+3], K, ...)
+    means, log_scales = rest[:, :C], rest[:, C:2 * C].clamp(min=-7.0)
+    coeffs = torch.tanh(rest[:, 2 * C:]) if C == 3 else None
     return logits, means, log_scales, coeffs
 
 
 def coupled_means(means: torch.Tensor, coeffs: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     """The paper's channel conditioning: mu_g += c0 * r, mu_b += c1 * r + c2 * g (x in [-1, 1],
-    (..., C) broadcast over the K components)."""
+    (N, C, ...) broadcast over the K components)."""
     if coeffs is None:
         return means
-    r, g = x[..., 0:1], x[..., 1:2]
-    return torch.stack([means[..., 0, :], means[..., 1, :] + coeffs[..., 0, :] * r,
-                        means[..., 2, :] + coeffs[..., 1, :] * r + coeffs[..., 2, :] * g], dim=-2)
+    r, g = x[:, 0:1], x[:, 1:2]
+    return torch.stack([means[:, 0], means[:, 1] + coeffs[:, 0] * r,
+                        means[:, 2] + coeffs[:, 1] * r + coeffs[:, 2] * g], dim=1)
 
 
 def discretised_logistic_log_prob(x: torch.Tensor, means: torch.Tensor,
@@ -169,12 +171,11 @@ def mixture_log_prob(params: torch.Tensor, x: torch.Tensor, channels: int, mixtu
     """params (B, P, H, W), x (B, C, H, W) in [-1, 1] on the 256-level grid -> log P per pixel
     (B, H, W), summed over channels, mixed over components."""
     dtype = torch.promote_types(params.dtype, torch.float32)  # fp32 at least (under autocast)
-    p = params.permute(0, 2, 3, 1).to(dtype)  # (B, H, W, P)
-    xs = x.permute(0, 2, 3, 1).to(dtype)  # (B, H, W, C)
-    logits, means, log_scales, coeffs = split_params(p, channels, mixtures)
-    means = coupled_means(means, coeffs, xs)
-    lp = discretised_logistic_log_prob(xs[..., None], means, log_scales).sum(-2)  # (B, H, W, K)
-    return torch.logsumexp(lp + F.log_softmax(logits, dim=-1), dim=-1)
+    logits, means, log_scales, coeffs = split_params(params.to(dtype), channels, mixtures)
+    x = x.to(dtype)
+    means = coupled_means(means, coeffs, x)
+    lp = discretised_logistic_log_prob(x[:, :, None], means, log_scales).sum(1)  # (B, K, H, W)
+    return torch.logsumexp(lp + F.log_softmax(logits, dim=1), dim=1)
 
 
 def sample_mixture(params: torch.Tensor, channels: int, mixtures: int, generator: torch.Generator,
@@ -190,7 +191,7 @@ def sample_mixture(params: torch.Tensor, channels: int, mixtures: int, generator
     u = u.clamp(1e-5, 1 - 1e-5)
     cdf = torch.softmax(logits, dim=-1).cumsum(-1)
     k = (cdf < u[:, :1]).sum(-1, keepdim=True).clamp_max(mixtures - 1)  # (n, 1)
-    pick = lambda t: t.gather(-1, k).squeeze(-1)  # noqa: E731  (n, K) -> (n,)
+    pick = lambda t: t.gather(1, k).squeeze(1)  # noqa: E731  (n, K) -> (n,)
     values = params.new_zeros(n, channels)
     for c in range(channels):
         mu = pick(coupled_means(means, coeffs, values)[:, c])
