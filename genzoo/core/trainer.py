@@ -38,7 +38,7 @@ class TrainConfig:
     sample_every: int | None = None  # None: 4 grids per run; 0: none during training
     checkpoint_every: int | None = None  # None: 4 checkpoints per run, and at the end
     sample_n: int = 64
-    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 on cuda, none elsewhere
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 on cuda and AMX CPUs, else none
     compile: bool = False
     device: str = "auto"
     seed: int = 0
@@ -114,6 +114,27 @@ def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
     return 1.0
 
 
+def cpu_bf16_matmul() -> bool:
+    """True on CPUs with bf16 matrix units (Intel AMX: the ``amx_bf16`` cpuinfo flag), where bf16
+    autocast trains faster than fp32; elsewhere bf16 is emulated and slower, so ``amp=auto``
+    stays fp32. GENZOO_CPU_BF16=0/1 overrides the detection."""
+    import os
+    env = os.environ.get("GENZOO_CPU_BF16", "")
+    if env in ("0", "1"):
+        return env == "1"
+    global _CPU_BF16
+    if _CPU_BF16 is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                _CPU_BF16 = any(line.startswith("flags") and " amx_bf16" in line for line in f)
+        except OSError:  # not Linux: torch names AMX in its capability string where it has it
+            _CPU_BF16 = "AMX" in str(torch.backends.cpu.get_cpu_capability()).upper()
+    return _CPU_BF16
+
+
+_CPU_BF16: bool | None = None
+
+
 class StepContext:
     """What a ``training_step`` may use: the step index, autocast, and one call that does
     zero_grad / backward / clip / step the same way for every family."""
@@ -126,7 +147,7 @@ class StepContext:
                 self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             elif amp == "fp16":
                 self.dtype = torch.float16
-        elif amp in ("bf16",) and device.type == "cpu":
+        elif device.type == "cpu" and (amp == "bf16" or (amp == "auto" and cpu_bf16_matmul())):
             self.dtype = torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
         self.grad_norms: dict[str, float] = {}

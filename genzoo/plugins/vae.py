@@ -190,7 +190,8 @@ class _ConvLatentModel(Model):
         rate = max(1.0 / float(self.embed_updates + 1), 0.05)
         z = z.detach().float()
         self.embed_mean.lerp_(z.mean(0), rate)
-        self.embed_moment2.lerp_(z.T @ z / z.shape[0], rate)
+        with torch.autocast(z.device.type, enabled=False):  # fp32 statistics under bf16 autocast
+            self.embed_moment2.lerp_(z.T @ z / z.shape[0], rate)
         self.embed_updates += 1
 
     def sample_fitted(self, n: int, generator: torch.Generator) -> torch.Tensor:
