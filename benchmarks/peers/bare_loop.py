@@ -9,8 +9,9 @@ lr and betas), no clipping, fp32, and one ``torch.save`` of model + optimizer at
 pytorch/examples do). genzoo runs ``Trainer.fit`` for the same steps: its batch order, uint8 ->
 float conversion, lr schedule, NaN watch, logging and its final safetensors checkpoint, in fp32
 too (``amp=none``), so the ratio measures the loop, not the precision. Variants show where time
-goes: the trainer as configured by the preset, without gradient clipping, and with the
-for-loop Adam instead of the fused one.
+goes: the trainer with the preset's clipping, without gradient clipping, with the for-loop or
+the fused Adam; and last the trainer as configured with its default precision (``amp=auto``:
+bf16 autocast on CPUs with AMX), which a bare fp32 loop does not get.
 
 Interleaved repeat by repeat (machine noise hits every variant alike); the figure is the median
 over repeats of genzoo samples/s / bare samples/s (> 1: genzoo faster).
@@ -73,8 +74,8 @@ def main() -> None:
                         **{k: o.state_dict() for k, o in bare_opts.items()}}, Path(d) / "ckpt.pt")
 
     # -- genzoo's trainer, fp32, as configured and in variants --------------------------------
-    def trainer(clip: float | None, fused: bool) -> None:
-        cfg = TrainConfig(**{**vars(train), "steps": a.steps, "amp": "none", "grad_clip": clip,
+    def trainer(clip: float | None, fused: bool, amp: str = "none") -> None:
+        cfg = TrainConfig(**{**vars(train), "steps": a.steps, "amp": amp, "grad_clip": clip,
                              "sample_every": 0, "checkpoint_every": 10**9})
         original = model.configure_optimizers
 
@@ -99,6 +100,8 @@ def main() -> None:
             lambda: trainer(train.grad_clip, fused_default),
         "genzoo, grad_clip=None, for-loop Adam": lambda: trainer(None, False),
         "genzoo, grad_clip=None, fused Adam": lambda: trainer(None, True),
+        f"genzoo as configured, its default precision (amp={train.amp})":
+            lambda: trainer(train.grad_clip, fused_default, train.amp),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     for rep in range(a.repeats + 1):
