@@ -112,9 +112,11 @@ class DataShape:
     """Stands in for a dataset when only its shape is needed (no loading, no download). Knows
     only what the registry states: `shape` is None when the dataset entry gives none."""
 
-    def __init__(self, shape: tuple[int, ...] | None, classes: list[str], modality: str):
+    def __init__(self, shape: tuple[int, ...] | None, classes: list[str], modality: str,
+                 vocab_size: int | None = None):
         self.shape, self.classes, self.modality = shape, classes, modality
         self.attribute_names: list[str] = []
+        self.vocab_size = vocab_size  # text: tokens in the vocabulary, where the registry knows
 
     @classmethod
     def of(cls, p: Plan) -> "DataShape":
@@ -127,7 +129,12 @@ class DataShape:
                 shape[1:] = [p.data.size, p.data.size]
             if p.data.pad:
                 shape[1:] = [s + 2 * p.data.pad for s in shape[1:]]
-        return cls(tuple(shape) if shape else None, list(ds.classes), ds.modality)
+        vocab = None
+        if ds.modality == "text":  # a char corpus states its alphabet; a word tokenizer keeps
+            # the data.vocab_size most frequent words (exact when the corpus has more words)
+            level = p.data.tokenizer or ds.options.get("tokenizer", "word")
+            vocab = ds.options.get("chars") if level == "char" else p.data.vocab_size
+        return cls(tuple(shape) if shape else None, list(ds.classes), ds.modality, vocab)
 
 
 def create_model(name: str, preset: str = "quick", **overrides: Any) -> Any:
