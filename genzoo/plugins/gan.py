@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genzoo.core.model import Model
+from genzoo.core.model import Model, fused_adam_ok
 from genzoo.core.sampler import Sampler
 from genzoo.errors import ConfigError, DataError
 
@@ -283,8 +283,9 @@ class GAN(Model):
     # -- training -----------------------------------------------------------------------------
     def configure_optimizers(self, train: Any) -> dict[str, torch.optim.Optimizer]:
         def adam(module: nn.Module) -> torch.optim.Optimizer:
-            return torch.optim.Adam(module.parameters(), lr=train.lr, betas=tuple(train.betas),
-                                    weight_decay=train.weight_decay)
+            params = list(module.parameters())
+            return torch.optim.Adam(params, lr=train.lr, betas=tuple(train.betas),
+                                    weight_decay=train.weight_decay, fused=fused_adam_ok(params))
         return {self.critic_name: adam(self.adversary), "generator": adam(self.generator)}
 
     def _real(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
