@@ -146,11 +146,17 @@ def resolve_features(spec: str | None, dataset: str, search: list[Path],
     return classifier_features(run, device)
 
 
+def kid_subset(n_real: int, n_fake: int) -> int:
+    """1000 (the usual) when both sets have 2000 or more, else half the smaller set, so the
+    subsets differ and KID's std over them means something."""
+    return min(1000, max(2, min(n_real, n_fake) // 2))
+
+
 def fid_kid(real: torch.Tensor, fake: torch.Tensor, features: ImageFeatures,
             metrics: tuple[str, ...] = ("fid", "kid"), batch_size: int = 200,
             seed: int = 0, subsets: int = 100) -> dict[str, float]:
     """FID and/or KID (mean and std over `subsets` random subsets) between two image sets in
-    [0, 1]. KID's subset size is min(1000, n_real, n_fake)."""
+    [0, 1]. KID's subset size: ``kid_subset``."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
     if len(real) < 2 or len(fake) < 2:
@@ -167,7 +173,7 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, features: ImageFeatures,
             warnings.simplefilter("ignore", UserWarning)
             meters["kid"] = KernelInceptionDistance(feature=features, normalize=True,
                                                     subsets=subsets,
-                                                    subset_size=min(1000, len(real), len(fake)))
+                                                    subset_size=kid_subset(len(real), len(fake)))
     for m in meters.values():
         m.to(device)
     for is_real, images in ((True, real), (False, fake)):

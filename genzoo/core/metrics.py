@@ -89,7 +89,7 @@ def sample_quality(loaded: Any, data: Any, split: str, metrics: tuple[str, ...],
     """FID/KID of the run's default sampler against the split, with the protocol."""
     from pathlib import Path
 
-    from genzoo.core.fid import fid_kid, resolve_features
+    from genzoo.core.fid import fid_kid, kid_subset, resolve_features
     from genzoo.errors import ConfigError
     if getattr(loaded.model, "modality", "image") != "image" or not hasattr(data, "images"):
         raise ConfigError(f"FID/KID compare images, but {loaded.name} makes "
@@ -110,6 +110,6 @@ def sample_quality(loaded: Any, data: Any, split: str, metrics: tuple[str, ...],
     sampler = loaded.config.get("sampler") or loaded.family.default_sampler
     protocol = (f"features: {feats.name}; real: {len(real)} {split} images of {dataset} "
                 f"({size}); fake: {n} samples (sampler {sampler}, seed {seed})"
-                + (f"; KID subsets of {min(1000, len(real), n)}" if "kid" in metrics else ""))
+                + (f"; KID: 100 subsets of {kid_subset(len(real), n)}" if "kid" in metrics else ""))
     return {**scores, "fid_features": feats.name, "fid_n_real": len(real), "fid_n_fake": n,
             "protocol": protocol}
