@@ -243,17 +243,17 @@ def test_latent_commands_write_pngs(faces_run, tmp_path):
         assert res.exit_code == 0, (command, res.output)
         assert out.read_bytes()[:4] == b"\x89PNG", command
     from PIL import Image
-    from genzoo.core.sample import upscale_factor
+    from genzoo.core.sample import grid_padding, upscale_factor
 
     def grid(cols, rows, side=16):  # cells upscaled (nearest) so the grid is >= 512 px wide
         f = upscale_factor(side, cols)
-        pad = max(1, f // 2)
+        pad = grid_padding(f)
         return cols * (side * f + pad) + pad, rows * (side * f + pad) + pad
     # attribute grid: 3 rows of (input + 3 scales)
     assert Image.open(tmp_path / "attribute.png").size == grid(4, 3)
     # interpolate with an encoder: inputs at both ends, one row per pair and method
     assert Image.open(tmp_path / "interpolate.png").size == grid(6, 4)
-    assert grid(6, 4)[0] >= 512
+    assert grid(6, 4)[0] >= 512 and grid(4, 3)[0] >= 512
     res = invoke("attribute", faces_run, "--attribute", "Smiling", "--out", tmp_path / "a.png")
     assert "Smiling: " in res.output and " with, " in res.output
 

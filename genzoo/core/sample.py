@@ -97,10 +97,17 @@ def as_sample(value: Any, modality: str = "image") -> Sample:
 
 # -- writers ------------------------------------------------------------------------------------
 
+def grid_padding(factor: int) -> int:
+    return max(1, factor // 2)
+
+
 def upscale_factor(width: int, columns: int, minimum: int = MIN_GRID_WIDTH) -> int:
-    """Whole-number nearest-neighbour factor that makes a grid at least `minimum` px wide."""
-    grid = columns * (width + 1) + 1
-    return max(1, -(-minimum // grid))
+    """Smallest whole-number nearest-neighbour factor that makes a grid of `columns` images
+    `width` px wide (gutters included) at least `minimum` px wide."""
+    f = 1
+    while columns * (width * f + grid_padding(f)) + grid_padding(f) < minimum and f < 64:
+        f += 1
+    return f
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
@@ -113,7 +120,7 @@ def image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
     f = upscale_factor(images.shape[-1], min(nrow, n))
     if f > 1:
         images = images.repeat_interleave(f, dim=-1).repeat_interleave(f, dim=-2)
-    return make_grid(images, nrow=nrow, padding=max(1, f // 2), pad_value=1.0)
+    return make_grid(images, nrow=nrow, padding=grid_padding(f), pad_value=1.0)
 
 
 def write_image(sample: ImageSample, stem: Path, reference: Any = None) -> list[Path]:
