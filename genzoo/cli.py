@@ -142,11 +142,8 @@ def _write_out(path: str, text: str) -> None:
 
 
 def _human(n: int) -> str:
-    if n >= 1e6:
-        return f"{n / 1e6:.1f}M"
-    if n >= 1e3:
-        return f"{n / 1e3:.0f}k"
-    return str(n)
+    from genzoo.core.catalogue import human
+    return human(n)
 
 
 @cli.command()

@@ -158,16 +158,11 @@ def to_float(x: Any) -> Any:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
-@dataclass
-class PointData(Dataset):
-    """(N, D) float points, standardised with the training split's mean and std (the book's
-    Normalization layer), which are kept so samples can be mapped back."""
+class TensorData(Dataset):
+    """A dataset that is one tensor ``x`` of examples (points, piano rolls ...): subclasses are
+    dataclasses with an ``x`` field and their own metadata."""
 
     x: Any
-    mean: Any = None
-    std: Any = None
-    name: str = ""
-    modality: str = "points"
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -179,9 +174,21 @@ class PointData(Dataset):
     def batch(self, index: Any) -> dict[str, Any]:
         return {"x": self.x[index]}
 
-    def to(self, device: Any) -> "PointData":
+    def to(self, device: Any) -> "TensorData":
         self.x = self.x.to(device)
         return self
+
+
+@dataclass
+class PointData(TensorData):
+    """(N, D) float points, standardised with the training split's mean and std (the book's
+    Normalization layer), which are kept so samples can be mapped back."""
+
+    x: Any
+    mean: Any = None
+    std: Any = None
+    name: str = ""
+    modality: str = "points"
 
 
 # -- sources ---------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from genzoo.core.data import Dataset, DataConfig, data_root, split_index
+from genzoo.core.data import Dataset, DataConfig, TensorData, data_root, split_index
 from genzoo.core.sample import EventSample
 from genzoo.errors import ConfigError, DataError
 
@@ -554,7 +554,7 @@ def load_score_folder(entry: Any, cfg: DataConfig, split: str) -> MusicTokens:
 # -- the JSB chorales on a 16th-note grid (MuseGAN) --------------------------------------------------
 
 @dataclass
-class PianoRollData(Dataset):
+class PianoRollData(TensorData):
     """Windows of ``bars x steps`` 16th notes of four voices as MIDI pitches (-1 = rest), int16
     (N, bars * steps, tracks); models one-hot them on the device."""
 
@@ -564,16 +564,6 @@ class PianoRollData(Dataset):
     tracks: list[str]
     name: str = ""
     modality: str = "events"
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
-
-    def batch(self, index: Any) -> dict[str, Any]:
-        return {"x": self.x[index]}
 
 
 def load_jsb_grid(entry: Any, cfg: DataConfig, split: str) -> PianoRollData:
