@@ -96,3 +96,18 @@ def test_gallery_in_a_real_browser(runs, tmp_path):
         finally:
             browser.close()
     assert not errors, errors
+
+
+def test_music_pages_embed_an_audio_player(runs, tmp_path):
+    import wave
+    _, gen, _ = runs
+    run = tmp_path / "music-run"
+    shutil.copytree(gen.path, run)
+    with wave.open(str(run / "samples" / "final-0.wav"), "wb") as w:  # as the music writer makes
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
+        w.writeframes(b"\0\0" * 800)
+    r = CliRunner().invoke(cli, ["gallery", str(run), "--out", str(tmp_path / "site")])
+    assert r.exit_code == 0, r.output
+    page = next((tmp_path / "site").glob("*/index.html")).read_text()
+    assert '<audio controls preload="none" src="audio-00-final-0.wav">' in page
+    assert next((tmp_path / "site").glob("*/audio-00-final-0.wav")).stat().st_size > 1000

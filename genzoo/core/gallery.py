@@ -53,6 +53,14 @@ def _images(run: Path) -> list[tuple[Path, str]]:
     return out
 
 
+def _audio(run: Path, limit: int = 8) -> list[Path]:
+    """Rendered pieces (music families write a WAV per sample), final ones first."""
+    samples = run / "samples"
+    files = sorted(samples.glob("*.wav"), key=lambda p: (p.name.startswith("step_"), p.name)) \
+        if samples.is_dir() else []
+    return files[:limit]
+
+
 def _texts(run: Path, limit: int = 3) -> list[tuple[str, str]]:
     samples = run / "samples"
     files = sorted(samples.glob("*.txt"), key=lambda p: (not p.name.startswith("final"), p.name)) \
@@ -81,6 +89,14 @@ def run_page(run: Path, row: lb.Row, out: Path) -> None:
                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     if figures:
         parts.append("<h2>Samples and figures</h2>" + "".join(figures))
+    players = []
+    for i, src in enumerate(_audio(run)):
+        name = f"audio-{i:02d}-{src.name}"
+        shutil.copyfile(src, out / name)
+        players.append(f'<figure><audio controls preload="none" src="{html.escape(name)}"></audio>'
+                       f"<figcaption>{html.escape(src.stem)}</figcaption></figure>")
+    if players:
+        parts.append("<h2>Listen</h2>" + "".join(players))
     texts = _texts(run)
     if texts:
         parts.append("<h2>Text samples</h2>" + "".join(
