@@ -272,3 +272,14 @@ def test_plot_draws_one_axis_per_quantity(tmp_path):
     from PIL import Image
     with Image.open(tmp_path / "m.png") as im:
         assert im.width > 800  # loss, nll, bits_per_dim side by side
+
+
+def test_cosine_schedule_decays_to_its_floor():
+    from genzoo.core.trainer import TrainConfig, lr_factor, validate_train
+    cfg = TrainConfig(schedule="cosine", warmup_steps=10, lr_floor=0.1)
+    assert lr_factor(cfg, 0, 110) == pytest.approx(0.1)  # warm-up from lr / 10
+    assert lr_factor(cfg, 10, 110) == pytest.approx(1.0)
+    assert lr_factor(cfg, 60, 110) == pytest.approx(0.55)
+    assert lr_factor(cfg, 110, 110) == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="lr_floor"):
+        validate_train(TrainConfig(lr_floor=1.5))

@@ -32,6 +32,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
+    lr_floor: float = 0.0  # cosine decays to this fraction of lr (nanoGPT's min_lr = lr / 10)
     grad_clip: float | None = 1.0  # max global grad norm; None turns clipping off
     ema_decay: float | None = None  # e.g. 0.999 keeps an EMA copy (timm ModelEmaV3)
     log_every: int = 25
@@ -67,6 +68,8 @@ def validate_train(cfg: TrainConfig) -> None:
         v = getattr(cfg, key)
         if v is not None and v < (1 if key == "checkpoint_every" else 0):
             bad(key, v, "expected an integer >= 1" + (" (0: none)" if key == "sample_every" else ""))
+    if not 0 <= cfg.lr_floor <= 1:
+        bad("lr_floor", cfg.lr_floor, "expected a fraction of lr in [0, 1]")
     if cfg.warmup_steps < 0:
         bad("warmup_steps", cfg.warmup_steps, "expected an integer >= 0")
     if cfg.steps is not None and cfg.steps < 1:
@@ -110,7 +113,8 @@ def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "cosine":
         progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return cfg.lr_floor + (1 - cfg.lr_floor) * cosine
     return 1.0
 
 
