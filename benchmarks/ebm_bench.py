@@ -8,14 +8,13 @@ training images; genzoo reports energies = -scores, so the same gap reads +17.9 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 
 import torch
 
 import genzoo
-from genzoo.core.bench import timeit
+from genzoo.core.bench import device_label, dump_report, timeit
 from genzoo.core.checkpoint import Run
 from genzoo.core.data import DataConfig, load
 from genzoo.core.sampler import draw
@@ -84,15 +83,11 @@ def main():
     results["sample_s_per_langevin_step_per_image"] = [t / L / a.n for t in times]
     summary = {k: statistics.median(v) for k, v in results.items()}
     summary.update(params=model.num_params(), langevin_steps=L, batch_size=a.batch_size, n=a.n,
-                   device=torch.cuda.get_device_name() if dev.type == "cuda"
-                   else f"cpu x{torch.get_num_threads()} threads", torch=torch.__version__)
+                   device=device_label(dev), torch=torch.__version__)
     if a.run:
         summary["run"] = a.run
         summary.update(energy_gap(a.run))
-    print(json.dumps(summary, indent=2))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"summary": summary, "raw": results, "args": vars(a)}, f, indent=2)
+    dump_report(summary, results, vars(a), a.json)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ plain Adam loop, genzoo's Model.training_step, and genzoo's full Trainer loop; p
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import genzoo
-from genzoo.core.bench import timeit
+from genzoo.core.bench import device_label, dump_report, timeit
 from genzoo.core.checkpoint import Run
 from genzoo.core.data import DataConfig, load
 from genzoo.core.trainer import StepContext, TrainConfig, Trainer
@@ -105,12 +104,9 @@ def main():
     summary = {k: statistics.median(v) for k, v in results.items()}
     summary["ratio_loop_vs_bare"] = summary["genzoo_trainer_loop"] / summary["bare_pytorch_train"]
     summary["ratio_naive_vs_cached"] = summary["sample16_naive_s"] / summary["sample16_cached_s"]
-    summary["device"] = torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
+    summary["device"] = device_label(dev)
     summary["torch"] = torch.__version__
-    print(json.dumps(summary, indent=2))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"summary": summary, "raw": results, "args": vars(a)}, f, indent=2)
+    dump_report(summary, results, vars(a), a.json)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ count, checked), trained by a plain Adam loop on the same batch; genzoo is timed
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import tempfile
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import genzoo
-from genzoo.core.bench import timeit
+from genzoo.core.bench import device_label, dump_report, timeit
 from genzoo.core.checkpoint import Run
 from genzoo.core.data import DataConfig, load
 from genzoo.core.trainer import StepContext, TrainConfig, Trainer
@@ -170,13 +169,9 @@ def main():
                                           / summary["sample_cached_s_per_image"])
     summary["cached_equals_naive_float64"] = same
     summary.update(info)
-    summary["device"] = (torch.cuda.get_device_name() if dev.type == "cuda"
-                         else f"cpu x{torch.get_num_threads()} threads")
+    summary["device"] = device_label(dev)
     summary["torch"] = torch.__version__
-    print(json.dumps(summary, indent=2))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"summary": summary, "raw": results, "args": vars(a)}, f, indent=2)
+    dump_report(summary, results, vars(a), a.json)
 
 
 if __name__ == "__main__":

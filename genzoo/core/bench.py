@@ -279,3 +279,21 @@ def markdown_records(records: list[dict[str, Any]]) -> str:
         cells = [str(r.get(c, "")) if c not in ("median", "min", "max") else f"{r[c]:.4g}" for c in cols]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
+
+
+def device_label(device: torch.device) -> str:
+    """What benchmark reports name the machine by: the GPU, or the CPU thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu x{torch.get_num_threads()} threads"
+
+
+def dump_report(summary: dict[str, Any], raw: Any, args: dict[str, Any],
+                path: str | None) -> None:
+    """The benchmark scripts' common ending: print the summary, save summary + raw + args."""
+    import json
+    summary.setdefault("torch", torch.__version__)
+    print(json.dumps(summary, indent=2))
+    if path:
+        with open(path, "w") as f:
+            json.dump({"summary": summary, "raw": raw, "args": args}, f, indent=2)
