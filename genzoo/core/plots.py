@@ -8,14 +8,29 @@ from typing import Any
 SKIP = ("step", "epoch", "lr", "samples_per_s", "time", "split", "error")
 
 
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    """Write `fig` as a PNG atomically (temp file + rename), then free it."""
+    import matplotlib.pyplot as plt
+    from genzoo.core.checkpoint import atomic_write
+    path = Path(path)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=dpi, format="png"))
+    plt.close(fig)
+    return path
+
+
 def loss_curve(run: Any, path: Path | None = None, keys: list[str] | None = None) -> Path:
     """One axis per logged quantity (loss, nll, bits/dim, energies ...), training records as a
     line and held-out records as points, so a small quantity is never a flat line at zero
     beside a large one."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from genzoo.core.checkpoint import atomic_write
+    plt = pyplot()
     metrics = run.metrics()
     records = [m for m in metrics if "split" not in m]
     held_out = [m for m in metrics if m.get("split") == "test"]
@@ -43,7 +58,4 @@ def loss_curve(run: Any, path: Path | None = None, keys: list[str] | None = None
         ax.axis("off")
     fig.suptitle(str(getattr(run, "path", "")), fontsize=9)
     fig.tight_layout()
-    path = Path(path or run.path / "loss.png")
-    atomic_write(path, lambda p: fig.savefig(p, dpi=100, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path or run.path / "loss.png")

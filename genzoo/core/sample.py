@@ -146,10 +146,8 @@ def write_text(sample: TextSample, stem: Path, reference: Any = None) -> list[Pa
 
 def write_points(sample: PointSample, stem: Path, reference: Any = None) -> list[Path]:
     """Scatter of the samples (orange) over the data (grey) when the data is at hand."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from genzoo.core.checkpoint import atomic_write
+    from genzoo.core.plots import pyplot, save_figure
+    plt = pyplot()
     pts = sample.points.detach().float().cpu()
     if pts.ndim != 2 or pts.shape[1] < 2:
         raise ValueError(f"points must be (n, D >= 2) to plot, got {tuple(pts.shape)}")
@@ -162,10 +160,7 @@ def write_points(sample: PointSample, stem: Path, reference: Any = None) -> list
     ax.legend(loc="upper right", markerscale=3)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(f"{stem}.png")
-    atomic_write(path, lambda p: fig.savefig(p, dpi=100, format="png"))
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, f"{stem}.png")]
 
 
 def write_events(sample: EventSample, stem: Path, reference: Any = None) -> list[Path]:

@@ -168,10 +168,8 @@ class Classifier(Model):
 
 
 def write_confusion(cm: torch.Tensor, names: list[str], path: Path, accuracy: float) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from genzoo.core.checkpoint import atomic_write
+    from genzoo.core.plots import pyplot, save_figure
+    plt = pyplot()
     k = len(names)
     rows = cm.float() / cm.sum(1, keepdim=True).clamp_min(1)
     fig, ax = plt.subplots(figsize=(1.6 + 0.6 * k, 1.2 + 0.6 * k))
@@ -189,9 +187,7 @@ def write_confusion(cm: torch.Tensor, names: list[str], path: Path, accuracy: fl
     ax.set_title(f"accuracy {accuracy:.1%} ({int(cm.sum())} images)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: fig.savefig(p, dpi=100, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # -- sampler ------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from genzoo.core.data import Dataset, DataConfig, TensorData, data_root, split_index
+from genzoo.core.plots import pyplot, save_figure
 from genzoo.core.sample import EventSample
 from genzoo.errors import ConfigError, DataError
 
@@ -288,14 +289,6 @@ def draw_roll(ax: Any, sample: MusicSample, i: int, title: str | None = None) ->
                   loc="upper right", fontsize=7, ncol=len(sample.tracks))
 
 
-def _save_fig(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    from genzoo.core.checkpoint import atomic_write
-    atomic_write(path, lambda p: fig.savefig(p, dpi=100, format="png"))
-    plt.close(fig)
-
-
 def _roll_title(sample: MusicSample, i: int) -> str:
     beats = sample.length_beats(i)
     return (f"piece {i}: {len(sample.sequences[i])} notes, {beats:g} beats "
@@ -306,11 +299,8 @@ def write_music(sample: MusicSample, stem: Path, reference: Any = None) -> list[
     """STEM.jsonl (notes and tokens of every piece), STEM.png (piano rolls of the first pieces,
     stacked), and per piece STEM-i.mid (every piece) plus STEM-i.png and STEM-i.wav (the first
     ``MAX_RENDERED``)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from genzoo.core.checkpoint import atomic_write
+    plt = pyplot()
     stem = Path(stem)
     paths = []
     jsonl = Path(f"{stem}.jsonl")
@@ -327,7 +317,7 @@ def write_music(sample: MusicSample, stem: Path, reference: Any = None) -> list[
         draw_roll(axes[i, 0], sample, i, _roll_title(sample, i))
     fig.tight_layout()
     overview = Path(f"{stem}.png")
-    _save_fig(fig, overview)
+    save_figure(fig, overview)
     paths.append(overview)
     for i in range(len(sample)):
         mid = Path(f"{stem}-{i}.mid")
@@ -340,7 +330,7 @@ def write_music(sample: MusicSample, stem: Path, reference: Any = None) -> list[
         draw_roll(ax, sample, i, _roll_title(sample, i))
         fig.tight_layout()
         png = Path(f"{stem}-{i}.png")
-        _save_fig(fig, png)
+        save_figure(fig, png)
         wav = Path(f"{stem}-{i}.wav")
         audio = synthesize(sample.sequences[i], sample.bpm)
         atomic_write(wav, lambda p, a=audio: write_wav(a, p))

@@ -32,6 +32,7 @@ from torch import nn
 
 from genzoo.core.model import Model
 from genzoo.core.sample import PointSample, Sample
+from genzoo.core.plots import pyplot, save_figure
 from genzoo.core.sampler import Sampler
 from genzoo.errors import ConfigError
 
@@ -209,20 +210,14 @@ class DensityMap(Sample):
 
 
 def _figure(ncols: int) -> Any:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 5.5))
     return plt, fig, axes
 
 
 def _save(plt: Any, fig: Any, stem: Path) -> list[Path]:
-    from genzoo.core.checkpoint import atomic_write
     fig.tight_layout()
-    path = Path(f"{stem}.png")
-    atomic_write(path, lambda p: fig.savefig(p, dpi=100, format="png"))
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, f"{stem}.png")]
 
 
 def write_point_map(sample: PointMap, stem: Path, reference: Any = None) -> list[Path]:
