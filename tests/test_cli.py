@@ -6,18 +6,11 @@ from click.testing import CliRunner
 
 import genzoo
 from genzoo.cli import cli
+from cli_checks import one_line_error
 
 
 def invoke(*args):
     return CliRunner().invoke(cli, list(args))
-
-
-def one_line_error(res, *needles):
-    assert res.exit_code != 0
-    out = res.output.strip()
-    assert "Traceback" not in out and len(out.splitlines()) == 1, out
-    for n in needles:
-        assert n in out, out
 
 
 def test_list_table_json_pattern_and_tags():

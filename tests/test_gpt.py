@@ -13,6 +13,7 @@ from genzoo.cli import cli
 from genzoo.core import checkpoint as ckpt
 from genzoo.core.data import DataConfig, load
 from genzoo.plugins.gpt import GPT, CachedSampler, GPTConfig, KVCache, NaiveSampler
+from cli_checks import one_line_error
 
 # a small word-level GPT on the embedded recipes: 24 tokens of context
 TINY = {"layers": 1, "embed_dim": 32, "key_dim": 16, "ff_dim": 64, "vocab": 500, "context": 24,
@@ -32,14 +33,6 @@ def tiny(**kw):
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpt") / "run"
     return api.train("gpt", "quick", {"train.steps": 4, **TINY}, out=out, progress=False)
-
-
-def one_line_error(res, *needles):
-    assert res.exit_code != 0
-    out = res.output.strip()
-    assert "Traceback" not in out and len(out.splitlines()) == 1, out
-    for n in needles:
-        assert n in out, out
 
 
 # -- network ---------------------------------------------------------------------------------

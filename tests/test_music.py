@@ -18,6 +18,7 @@ from genzoo.plugins import music
 from genzoo.plugins.music import MusicSample, duration_token, midi_of, parse_prompt
 from genzoo.plugins.musegan import MuseGAN, MuseGANConfig, track_changes
 from genzoo.plugins.music_transformer import MusicTransformer, MusicTransformerConfig
+from cli_checks import one_line_error
 
 music21 = pytest.importorskip("music21")
 
@@ -51,14 +52,6 @@ def trained(tmp_path_factory, shared_root):
                         progress=False)
     finally:
         mp.undo()
-
-
-def one_line_error(res, *needles):
-    assert res.exit_code != 0
-    out = res.output.strip()
-    assert "Traceback" not in out and len(out.splitlines()) == 1, out
-    for n in needles:
-        assert n in out, out
 
 
 # -- tokens ------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from genzoo.core.data import DataConfig, load
 from genzoo.errors import ConfigError
 from genzoo.plugins.vae import (Autoencoder, AutoencoderConfig, VAE, VAEConfig,
                                 discretised_gaussian_log_prob)
+from cli_checks import one_line_error
 
 TINY = {"model.filters": "[8,16,32]", "model.latent_dim": 16, "train.batch_size": 50,
         "train.lr": 0.005, "train.sample_every": 0, "train.log_every": 10}
@@ -22,14 +23,6 @@ TINY = {"model.filters": "[8,16,32]", "model.latent_dim": 16, "train.batch_size"
 
 def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(res, *needles):
-    assert res.exit_code != 0, res.output
-    out = res.output.strip()
-    assert "Traceback" not in out and len(out.splitlines()) == 1, out
-    for n in needles:
-        assert n in out, out
 
 
 def tiny_vae(**kw) -> VAE:
