@@ -16,9 +16,6 @@ from genzoo.core.runner import (LoadedRun, evaluate_loss, load_run, resume, samp
                                 train)
 from genzoo.core.sample import ImageSample, Sample, write  # noqa: F401
 
-_DataShape = DataShape  # the name older code uses
-
-
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
     """Images in [0, 1] (n, C, H, W) as one PNG grid, upscaled to >= 512 px wide."""
     path = Path(path)

@@ -134,9 +134,9 @@ def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: i
     setting = f"preset={preset} batch={bs} params={model.num_params()}"
 
     # bare step: the model's own training_step, no loop around it
-    from genzoo.core.data import StepBatches
+    from genzoo.core.data import StepBatches, batch_to_device
     batches = StepBatches(data, bs, 0)
-    cached = [data.to_device(batches(i), dev) for i in range(min(4, batches.per_epoch))]
+    cached = [batch_to_device(data, batches(i), dev) for i in range(min(4, batches.per_epoch))]
     optimizers = model.configure_optimizers(p.train)
     ctx = StepContext(dev, p.train.amp, p.train.grad_clip)
     model.train()

@@ -153,6 +153,14 @@ class ImageData(Dataset):
         return (c, h + 2 * self.pad_px, w + 2 * self.pad_px)
 
 
+def batch_to_device(data: Any, batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    """A host batch made ready for the model: the dataset's own ``to_device`` (uint8 images ->
+    floats on the device), or plain moves for a duck-typed dataset without one."""
+    if hasattr(data, "to_device"):
+        return data.to_device(batch, device)
+    return {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
 def to_float(x: Any) -> Any:
     import torch
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
@@ -223,9 +231,6 @@ def split_index(n: int, split: str, fraction: float) -> Any:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
     n_test = max(1, int(round(n * fraction))) if n > 1 else 0
     return perm[:n_test].sort().values if split == "test" else perm[n_test:].sort().values
-
-
-_split_index = split_index  # the name older code imports
 
 
 def load_embedded(entry: Any, cfg: DataConfig, split: str) -> Any:

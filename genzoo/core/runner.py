@@ -18,7 +18,7 @@ from genzoo.core import checkpoint as ckpt
 from genzoo.core import config as configlib
 from genzoo.core import distributed as dist
 from genzoo.core import sample as samplelib
-from genzoo.core.data import DataConfig
+from genzoo.core.data import DataConfig, batch_to_device
 from genzoo.core.data import load as load_data
 from genzoo.core.factory import Plan, build_model, plan, versions
 from genzoo.core.registry import FamilyEntry, registry
@@ -211,8 +211,7 @@ def batches(data: Any, batch_size: int, device: torch.device):
     idx = torch.arange(len(data))
     for start in range(0, len(data), batch_size):
         batch = data.batch(idx[start:start + batch_size])
-        yield data.to_device(batch, device) if hasattr(data, "to_device") else \
-            {k: v.to(device) for k, v in batch.items()}
+        yield batch_to_device(data, batch, device)
 
 
 def evaluate_loss(model: Any, data: Any, device: torch.device,
@@ -320,9 +319,3 @@ def _settle(run: ckpt.Run) -> None:
     finally:
         lock.release()
 
-
-def check_modality(loaded: LoadedRun, wanted: str, what: str) -> None:
-    got = getattr(loaded.model, "modality", "image")
-    if got != wanted:
-        raise ConfigError(f"{what} needs a {wanted} model, but {loaded.name} ({loaded.path}) "
-                          f"makes {got} samples")

@@ -30,9 +30,6 @@ class Sample:
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def describe(self) -> str:
-        return f"{len(self)} {self.kind} samples"
-
 
 @dataclass
 class ImageSample(Sample):

@@ -18,7 +18,7 @@ import torch
 
 from genzoo.core import checkpoint as ckpt
 from genzoo.core import distributed as dist
-from genzoo.core.data import StepBatches
+from genzoo.core.data import StepBatches, batch_to_device
 from genzoo.errors import ConfigError, TrainingDiverged
 
 
@@ -182,13 +182,6 @@ class StepContext:
             optimizer.step()
 
 
-def _to_device(data: Any, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    if hasattr(data, "to_device"):  # the dataset converts (uint8 images -> floats on device)
-        return data.to_device(batch, device)
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
-
-
 class Trainer:
     def __init__(self, model: Any, data: Any, cfg: TrainConfig, run: ckpt.Run,
                  sample_fn: Callable[[Any, int, int], None] | None = None,
@@ -334,7 +327,7 @@ class Trainer:
                 while self.step < self.total:
                     if stop_after is not None and self.step >= stop_after:
                         break
-                    batch = _to_device(self.data, self.batches(self.step), self.device)
+                    batch = batch_to_device(self.data, self.batches(self.step), self.device)
                     for name, opt in self.optimizers.items():
                         f = lr_factor(cfg, self.step, self.total)
                         for g, base in zip(opt.param_groups, self.base_lrs[name]):
