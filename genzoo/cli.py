@@ -592,9 +592,11 @@ def gallery(runs: tuple[str, ...], out: str) -> None:
 @click.option("--preset", default="book", show_default=True)
 @click.option("--json", "json_out", type=click.Path(), help="Write records as JSON.")
 @click.option("--markdown", is_flag=True, help="Print the records as a Markdown table.")
+@click.option("--summary", is_flag=True, help="Print one Markdown row per model (params, "
+              "train samples/s, FLOPs, MFU, memory, latency of each sampler).")
 def bench(names: tuple[str, ...], all_models: bool, device: str, repeats: int,
           batch_size: int | None, n_samples: int, steps_per_repeat: int, preset: str,
-          json_out: str | None, markdown: bool) -> None:
+          json_out: str | None, markdown: bool, summary: bool) -> None:
     """Time NAMES (registry models) or RUN folders: params, training samples/s (the model's
     step and the full trainer loop), sampling latency per sampler, peak memory, FLOPs per
     sample and the share of the matmul peak measured in the same run, and the precision used.
@@ -604,25 +606,39 @@ def bench(names: tuple[str, ...], all_models: bool, device: str, repeats: int,
     Examples:
       zoo bench pixelcnn
       zoo bench --all --preset quick --markdown
+      zoo bench --all --preset book --n 4 --summary
       zoo bench runs/pixelcnn-20261125-101500 --device cuda
     """
-    from genzoo.core.bench import bench_model, markdown_records, print_records
-    if all_models or not names:
+    from genzoo.core.bench import bench_model, markdown_records, print_records, summary_markdown
+    sweep = all_models or not names
+    if sweep:
         names = tuple(names) + tuple(e.name for e in _registry().list() if e.name not in names)
-    records = []
+    records, skipped = [], []
     for name in names:
         run = name if (Path(name) / "config.json").exists() else None
-        got = bench_model(name, preset=preset, device=device, repeats=repeats,
-                          batch_size=batch_size, n_samples=n_samples,
-                          steps_per_repeat=steps_per_repeat, run=run)
+        try:
+            got = bench_model(name, preset=preset, device=device, repeats=repeats,
+                              batch_size=batch_size, n_samples=n_samples,
+                              steps_per_repeat=steps_per_repeat, run=run)
+        except GenzooError as e:
+            if not sweep:  # a model the user named: its error is the answer
+                raise
+            # one model whose data is not at hand (Kaggle, a download) must not end the sweep
+            skipped.append(name)
+            click.echo(f"skipped {name}: {e}", err=True)
+            continue
         if run:
             _write_out(str(Path(run) / "bench.json"), json.dumps(got, indent=2))
             click.echo(f"wrote {Path(run) / 'bench.json'}")
         records += got
-    if markdown:
+    if summary:
+        click.echo(summary_markdown(records))
+    elif markdown:
         click.echo(markdown_records(records))
     else:
         print_records(records)
+    if skipped:
+        click.echo(f"skipped {len(skipped)} (data not at hand): {', '.join(skipped)}", err=True)
     if json_out:
         _write_out(json_out, json.dumps(records, indent=2))
         click.echo(f"wrote {json_out}")

@@ -54,3 +54,70 @@ def test_every_model_trains_with_bf16_autocast_on_cuda(name, tmp_path):
     loaded = api.load_run(run.path, device="cuda")
     images = loaded.sample(4, seed=0).images
     assert images.shape[0] == 4 and 0 <= float(images.min()) and float(images.max()) <= 1
+
+
+# -- fast samplers as CUDA graphs (core/graphs) ----------------------------------------------
+
+def _captured_without_syncs(walk, steps):
+    """Run a sampler's static step as a graph with every host sync an error; return the runner."""
+    import warnings
+    from genzoo.core.graphs import StepGraph
+    runner = StepGraph(walk.step, "cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a failed capture falls back with a warning
+            runner.run(steps)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return runner
+
+
+def test_pixelcnn_cached_sampler_runs_as_a_cuda_graph_and_draws_the_eager_images():
+    from genzoo.plugins.pixelcnn import CachedSampler, NaiveSampler, PixelWalk
+    model = genzoo.create_model("pixelcnn", filters=32, blocks=2).cuda().double().eval()
+    with torch.no_grad():
+        walk = PixelWalk(model, 4, 8, 8, 1.0, None, torch.rand(64, 4, device="cuda"))
+        assert _captured_without_syncs(walk, 64).captured
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    graph = CachedSampler(size=8).sample(model, 4, g())
+    eager = CachedSampler(size=8, cuda_graph=False).sample(model, 4, g())
+    naive = NaiveSampler(size=8).sample(model, 4, g())
+    assert torch.equal(graph, eager) and torch.equal(graph, naive)
+
+
+def test_lstm_stateful_sampler_runs_as_a_cuda_graph_and_draws_the_eager_tokens():
+    from genzoo.plugins.lstm import LSTMConfig, LSTMLanguageModel, NaiveSampler, StatefulSampler, TokenWalk
+    from genzoo.core.text import Tokenizer
+    model = LSTMLanguageModel(LSTMConfig(vocab_size=50, pad_id=None, layers=2)).cuda().double().eval()
+    model.tokenizer = Tokenizer("word", ["", "[UNK]"] + [f"w{i}" for i in range(48)])
+    with torch.no_grad():
+        walk = TokenWalk(model, torch.tensor([[2, 3]], device="cuda"), torch.rand(40, 1, device="cuda"),
+                         StatefulSampler(max_new_tokens=40), probs=False)
+        assert _captured_without_syncs(walk, 40).captured
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    kw = {"max_new_tokens": 60}
+    a = StatefulSampler(**kw).sample(model, 3, g(), prompt="w1 w2").ids
+    b = StatefulSampler(cuda_graph=False, **kw).sample(model, 3, g(), prompt="w1 w2").ids
+    c = NaiveSampler(**kw).sample(model, 3, g(), prompt="w1 w2").ids
+    assert a == b == c
+
+
+def test_gpt_cached_sampler_runs_as_a_cuda_graph_and_draws_the_eager_tokens():
+    from genzoo.plugins.gpt import CachedSampler, DecodeWalk, GPTSamplerOptions, NaiveSampler
+    model = genzoo.create_model("gpt", layers=2, heads=2, embed_dim=32, key_dim=16, ff_dim=64,
+                                vocab=40, context=16, pad_id=None).cuda().double().eval()
+    model.start_counts.fill_(1.0)
+    with torch.no_grad():
+        walk = DecodeWalk(model, torch.ones(2, 3, dtype=torch.long, device="cuda"),
+                          torch.rand(12, 2, device="cuda"), GPTSamplerOptions(max_new_tokens=12),
+                          want_attn=False)
+        walk.prefill(0, 3)
+        walk.sample_next()
+        assert _captured_without_syncs(walk, 10).captured  # stays inside the 16-position window
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    kw = {"max_new_tokens": 50, "top_k": 10}  # past the context: refills between graph runs
+    a = CachedSampler(**kw).sample(model, 3, g()).ids
+    b = CachedSampler(cuda_graph=False, **kw).sample(model, 3, g()).ids
+    c = NaiveSampler(**kw).sample(model, 3, g()).ids
+    assert a == b == c

@@ -281,6 +281,50 @@ def markdown_records(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def summary_markdown(records: list[dict[str, Any]]) -> str:
+    """One row per model: what a user compares when picking one (medians; the full records
+    keep min/max and the settings)."""
+    import re
+    rows: dict[str, dict[str, str]] = {}
+    for r in records:
+        row = rows.setdefault(r["model"], {"device": r["device"], "precision": r.get("precision", "")})
+        metric, setting, v = r["metric"], r["setting"], r["median"]
+        if m := re.search(r"params=(\d+)", setting):
+            row["params"] = f"{int(m[1]):,}"
+        if m := re.search(r"batch=(\d+)", setting):
+            row["batch"] = m[1]
+        if metric == "train_throughput" and r["unit"] == "samples/s":
+            row["loop" if "Trainer loop" in setting else "step"] = f"{v:,.1f}"
+        elif metric == "train_flops":
+            row["flops"] = f"{v:.3g}"
+        elif metric == "mfu" and "FLOP counter" in setting:
+            row["mfu"] = f"{100 * v:.1f}%"
+        elif metric == "peak_memory":
+            row["memory"] = f"{v:,.0f}"
+        elif metric == "sample_latency":
+            sampler = setting.split()[0].removeprefix("sampler=")
+            row.setdefault("sampling", []).append(f"{sampler} {_short_time(v)}")  # type: ignore[arg-type]
+    cols = [("model", "model"), ("params", "params"), ("batch", "batch"),
+            ("step", "train samples/s (step)"), ("loop", "(Trainer loop)"),
+            ("flops", "FLOP/sample fwd+bwd"), ("mfu", "MFU"), ("memory", "train peak MiB"),
+            ("sampling", "sampling, per sample"), ("precision", "precision"), ("device", "device")]
+    lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + " --- |" * len(cols)]
+    for model, row in rows.items():
+        row["model"] = model
+        cells = [", ".join(row[k]) if isinstance(row.get(k), list) else str(row.get(k, "–"))
+                 for k, _ in cols]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _short_time(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.0f} µs"
+
+
 def device_label(device: torch.device) -> str:
     """What benchmark reports name the machine by: the GPU, or the CPU thread count."""
     if device.type == "cuda":

@@ -131,11 +131,25 @@ def apply_temperature_top_k(logits: torch.Tensor, temperature: float = 1.0,
 def categorical(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Draw from softmax(logits) over the last dim with an explicit generator (CPU-drawn uniforms,
     so the same seed gives the same samples on every device)."""
+    rows = logits[..., 0].numel()
+    return categorical_from_uniform(logits, uniforms(generator, (rows,), logits.device))
+
+
+def categorical_from_uniform(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw from softmax(logits) with given uniforms, one per row: the form a
+    captured step uses (its uniforms were drawn before the loop, see ``uniforms``)."""
     probs = torch.softmax(logits.float(), dim=-1)
     flat = probs.reshape(-1, probs.shape[-1])
-    u = torch.rand(flat.shape[0], 1, generator=generator, device=generator.device).to(flat.device)
-    idx = (flat.cumsum(-1) < u).sum(-1).clamp_max(flat.shape[-1] - 1)
+    idx = (flat.cumsum(-1) < u.reshape(-1, 1)).sum(-1).clamp_max(flat.shape[-1] - 1)
     return idx.reshape(probs.shape[:-1])
+
+
+def uniforms(generator: torch.Generator, shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
+    """U(0, 1) numbers from `generator` on its own device (the CPU, so a seed draws the same
+    samples on every device), moved to `device` in one copy. Drawing a whole loop's uniforms up
+    front gives the very numbers the loop would draw one step at a time, and spares a GPU loop
+    a blocking host-to-device copy per step."""
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
 
 @dataclass

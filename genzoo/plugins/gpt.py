@@ -24,7 +24,9 @@ from torch import nn
 
 from genzoo.core.model import Model
 from genzoo.core.sample import TextSample
-from genzoo.core.sampler import Sampler, TokenOptions, apply_temperature_top_k, categorical
+from genzoo.core.graphs import StepGraph
+from genzoo.core.sampler import (Sampler, TokenOptions, apply_temperature_top_k, categorical,
+                                categorical_from_uniform, uniforms)
 from genzoo.errors import ConfigError
 
 IGNORE = -100  # cross_entropy's ignore_index
@@ -77,15 +79,19 @@ class KVCache:
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
         self.length = 0
+        # static mode (CUDA-graph steps): one new position per call at this (1,) device tensor;
+        # attention then spans the whole buffer, positions after `pos` masked out
+        self.pos: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.length
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, H, T, D = k.shape
-        if self.k is None:
-            self.k = k.new_empty(B, H, self.max_len, D)
-            self.v = v.new_empty(B, H, self.max_len, D)
+        if self.k is None:  # zeros, not empty: masked positions still enter p * v (0 * nan)
+            self.k = k.new_zeros(B, H, self.max_len, D)
+            self.v = v.new_zeros(B, H, self.max_len, D)
         end = self.length + T
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {end} asked for")
@@ -94,8 +100,18 @@ class KVCache:
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def put(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Static mode: write one position at ``pos`` without reading it on the host; return
+        the whole buffers and which of their positions are visible (<= pos)."""
+        self.k.index_copy_(2, self.pos, k)
+        self.v.index_copy_(2, self.pos, v)
+        if self.positions is None:
+            self.positions = torch.arange(self.max_len, device=k.device)
+        return self.k, self.v, (self.positions <= self.pos)[None]  # (1, max_len)
+
     def reset(self) -> None:
         self.length = 0
+        self.pos = None
 
 
 class CausalSelfAttention(nn.Module):
@@ -117,26 +133,25 @@ class CausalSelfAttention(nn.Module):
         With a cache, x holds only the new positions; they attend to the cached ones too."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        past = 0
-        if cache is not None:
-            past = len(cache)
-            k, v = cache.append(k, v)
         p = self.dropout if self.training else 0.0
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-            mask = None
-        elif T == 1:  # one new position may see every earlier one: no mask at all
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
-            mask = None
+        causal = False
+        if cache is not None and cache.pos is not None:  # a static decode step (one position)
+            k, v, mask = cache.put(k, v)
         else:
-            mask = causal_mask(T, past, x.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            past = len(cache) if cache is not None else 0
+            if cache is not None:
+                k, v = cache.append(k, v)
+            causal = past == 0  # the fused kernels' own causal mask
+            # later, a single new position may see every earlier one: no mask at all
+            mask = causal_mask(T, past, x.device) if past > 0 and T > 1 else None
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         weights = None
         if need_weights:  # sdpa never materialises them; recompute for the attention view
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-            m = mask if mask is not None else (causal_mask(T, past, x.device) if T > 1 else None)
-            if m is not None:
-                scores = scores.masked_fill(~m, float("-inf"))
+            if causal and T > 1:
+                mask = causal_mask(T, 0, x.device)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
             weights = scores.float().softmax(-1)
         y = y.transpose(1, 2).reshape(B, T, self.heads * self.head_dim)
         return self.proj_dropout(self.proj(y)), weights
@@ -268,6 +283,18 @@ class GPT(Model):
             weights.append(w)
         return self.head(self.ln_f(x)), weights
 
+    def decode_step(self, ids: torch.Tensor, caches: list[KVCache], pos: torch.Tensor,
+                    need_weights: bool = False) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """One new token per row (B,) at window position `pos`, a (1,) tensor on the device that
+        every cache shares (static mode): next-token logits (B, vocab). Reads nothing back to
+        the host, so a sampler can capture it as a CUDA graph."""
+        x = self.token_embedding(ids[:, None]) + self.position_embedding(pos)
+        weights = []
+        for block, cache in zip(self.blocks, caches):
+            x, w = block(x, cache, need_weights)
+            weights.append(w)
+        return self.head(self.ln_f(x))[:, 0], weights
+
     def targets(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets of token rows (B, T+1). Padding is ignored in the loss, except the
         first pad after a document: it is the end-of-text token, so sampling knows when to stop."""
@@ -320,6 +347,7 @@ def _tie_head_on_load(module: nn.Module, state_dict: dict, prefix: str, *args: A
 @dataclass
 class GPTSamplerOptions(TokenOptions):
     show_top: int = 3  # --show-attention: earlier tokens listed per head
+    cuda_graph: bool = True  # cached, on GPUs: replay the per-token step as one CUDA graph
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -339,6 +367,7 @@ class CachedSampler(Sampler):
     inputs = {"prompt": "text to continue (default: a first token drawn as training rows start)"}
     shows = {"attention": "which earlier tokens each new token attended to, per head (last layer)"}
     use_cache = True
+    check_every = 16  # tokens between looks at whether every row has ended
 
     def check(self, model: GPT, inputs: dict[str, Any]) -> None:
         o, c = self.options, model.config
@@ -362,27 +391,36 @@ class CachedSampler(Sampler):
             counts = model.start_counts.float()
             logits = counts.log() if counts.sum() > 0 else torch.zeros(c.vocab, device=dev)
             ids = categorical(logits.expand(n, -1), generator)[:, None].to(dev)
-        seq = ids.clone()
-        prompt_len = seq.shape[1]
-        keep = max(1, c.context // 2)
         want_attn = "attention" in show
-        attn_rows = []  # (absolute position of the new token, window start, weights (H, T))
-        done = torch.zeros(n, dtype=torch.bool, device=dev)
-        start = 0  # the window is seq[:, start:]; positions are counted from its start
-        caches = None
+        # attn_rows: (absolute position of the new token, window start, weights (H, T))
+        if self.use_cache:
+            seq, attn_rows = self.walk(model, ids, generator, want_attn)
+        else:
+            seq, attn_rows = self.rerun(model, ids, generator, want_attn)
+        rows = seq.tolist()
+        tok = model.tokenizer
+        texts = [tok.decode(r) if tok else " ".join(map(str, r)) for r in rows]
+        out = TextSample(texts, rows, prompt or None)
+        if want_attn:
+            out.extras["attention"] = attention_text(rows[0], attn_rows, tok, ids.shape[1],
+                                                     o.show_top)
+            heat = attention_map(rows[0], attn_rows, tok)
+            if heat is not None:
+                out.extras["attention-map"] = heat
+        return out
+
+    def rerun(self, model: GPT, seq: torch.Tensor, generator: torch.Generator,
+              want_attn: bool) -> tuple[torch.Tensor, list[tuple[int, int, torch.Tensor]]]:
+        """nanoGPT's ``generate``: the whole window through the network for every token."""
+        o, c = self.options, model.config
+        keep = max(1, c.context // 2)
+        attn_rows = []
+        done = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
+        start = 0  # the window is seq[:, start:]
         for _ in range(o.max_new_tokens):
-            if seq.shape[1] - start > c.context:  # full: keep the last half, refill the cache
+            if seq.shape[1] - start > c.context:  # full: keep the last half
                 start = seq.shape[1] - keep
-                caches = None
-            if self.use_cache:
-                if caches is None:
-                    caches = [KVCache(c.context) for _ in model.blocks]
-                    logits, w = model(seq[:, start:], caches, 0, want_attn)
-                else:
-                    pos = seq.shape[1] - 1 - start
-                    logits, w = model(seq[:, -1:], caches, pos, want_attn)
-            else:
-                logits, w = model(seq[:, start:], None, 0, want_attn)
+            logits, w = model(seq[:, start:], None, 0, want_attn)
             logits = apply_temperature_top_k(logits[:, -1].float(), o.temperature, o.top_k)
             nxt = categorical(logits, generator)
             if c.pad_id is not None:  # after the end-of-text token, only padding
@@ -393,17 +431,94 @@ class CachedSampler(Sampler):
             seq = torch.cat([seq, nxt[:, None]], 1)
             if bool(done.all()):
                 break
-        rows = seq.tolist()
-        tok = model.tokenizer
-        texts = [tok.decode(r) if tok else " ".join(map(str, r)) for r in rows]
-        out = TextSample(texts, rows, prompt or None)
-        if want_attn:
-            out.extras["attention"] = attention_text(rows[0], attn_rows, tok, prompt_len,
-                                                     o.show_top)
-            heat = attention_map(rows[0], attn_rows, tok)
-            if heat is not None:
-                out.extras["attention-map"] = heat
-        return out
+        return seq, attn_rows
+
+    def walk(self, model: GPT, prompt: torch.Tensor, generator: torch.Generator,
+             want_attn: bool) -> tuple[torch.Tensor, list[tuple[int, int, torch.Tensor]]]:
+        """KV-cached decoding in the same windows as ``rerun``. Between refills every step is
+        the same static step (a CUDA graph on GPUs); the host only counts positions, which it
+        knows without reading the device, and looks at ended rows every `check_every` steps."""
+        o, c = self.options, model.config
+        T, keep = o.max_new_tokens, max(1, c.context // 2)
+        walk = DecodeWalk(model, prompt, uniforms(generator, (T, prompt.shape[0]), model.device),
+                          o, want_attn)
+        runner = StepGraph(walk.step, model.device, o.cuda_graph and not want_attn)
+        length, start, made = prompt.shape[1], 0, 0
+        attn_rows = []
+        while made < T:
+            if made == 0 or length - start > c.context:  # (re)fill the window's caches
+                if made:
+                    start = length - keep
+                walk.prefill(start, length)
+                walk.sample_next()
+                steps = 1
+            else:  # steps until the window is full again
+                steps = 1 if want_attn else min(self.check_every, T - made,
+                                                 c.context - (length - start) + 1)
+                runner.run(steps)
+            if want_attn:
+                attn_rows.append((length, start, walk.weights[0, :, -1, :length - start].cpu()))
+            length, made = length + steps, made + steps
+            if c.pad_id is not None and (made % self.check_every == 0 or made == T) \
+                    and bool(walk.done.all()):
+                break
+        return walk.trimmed(length), attn_rows
+
+
+class DecodeWalk:
+    """The cached sampler's state: token rows, next-token logits, static KV caches and the
+    window position ``pos`` on the device. ``step`` feeds the last token and draws the next."""
+
+    def __init__(self, model: GPT, prompt: torch.Tensor, u: torch.Tensor, options: GPTSamplerOptions,
+                 want_attn: bool):
+        n, P = prompt.shape
+        self.model, self.u, self.o, self.want_attn = model, u, options, want_attn
+        self.prompt_len = P
+        self.seq = torch.cat([prompt, prompt.new_zeros(n, u.shape[0])], 1)
+        self.caches = [KVCache(model.config.context) for _ in model.blocks]
+        self.logits = torch.zeros(n, model.config.vocab, device=prompt.device)
+        self.done = torch.zeros(n, dtype=torch.bool, device=prompt.device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=prompt.device)  # window position fed next
+        self.made = torch.zeros(1, dtype=torch.long, device=prompt.device)  # tokens drawn so far
+        self.weights: torch.Tensor | None = None
+
+    def prefill(self, start: int, length: int) -> None:
+        """Run the window seq[:, start:length] into fresh caches (host-side positions)."""
+        for cache in self.caches:
+            cache.reset()
+        logits, w = self.model(self.seq[:, start:length], self.caches, 0, self.want_attn)
+        self.logits.copy_(logits[:, -1])
+        self.weights = w[-1]
+        self.pos.fill_(length - start)
+        for cache in self.caches:
+            cache.pos = self.pos
+
+    def sample_next(self) -> None:
+        """Draw the next token from ``logits`` and write it after the last one."""
+        o, pad = self.o, self.model.config.pad_id
+        logits = apply_temperature_top_k(self.logits.float(), o.temperature, o.top_k)
+        nxt = categorical_from_uniform(logits, self.u.index_select(0, self.made))
+        if pad is not None:  # after the end-of-text token, only padding
+            nxt = nxt.masked_fill(self.done, pad)
+            self.done |= nxt == pad
+        self.seq.index_copy_(1, self.made + self.prompt_len, nxt[:, None])
+        self.made.add_(1)
+
+    def step(self) -> None:
+        last = self.seq.index_select(1, self.made + self.prompt_len - 1)[:, 0]
+        logits, w = self.model.decode_step(last, self.caches, self.pos, self.want_attn)
+        self.logits.copy_(logits)
+        self.weights = w[-1]
+        self.pos.add_(1)
+        self.sample_next()
+
+    def trimmed(self, length: int) -> torch.Tensor:
+        """The rows up to `length`, or up to where the last row ended (as ``rerun`` stops)."""
+        seq, pad = self.seq[:, :length], self.model.config.pad_id
+        if pad is not None and bool(self.done.all()):
+            ended = (seq[:, self.prompt_len:] == pad).int().argmax(1)  # each row's first pad
+            seq = seq[:, :self.prompt_len + int(ended.max()) + 1]
+        return seq
 
 
 class NaiveSampler(CachedSampler):

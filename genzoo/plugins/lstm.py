@@ -24,7 +24,9 @@ from torch import nn
 
 from genzoo.core.model import Model
 from genzoo.core.sample import TextSample
-from genzoo.core.sampler import Sampler, TokenOptions, apply_temperature_top_k, categorical
+from genzoo.core.graphs import StepGraph
+from genzoo.core.sampler import (Sampler, TokenOptions, apply_temperature_top_k, categorical,
+                                categorical_from_uniform, uniforms)
 from genzoo.core.text import Tokenizer
 from genzoo.errors import ConfigError
 
@@ -182,6 +184,7 @@ class LSTMSamplerOptions(TokenOptions):
     temperature: float = 0.7
     show_top: int = 5  # --show-probs: candidates listed per step
     show_samples: int = 3  # --show-probs: for this many samples
+    cuda_graph: bool = True  # stateful, on GPUs: replay the per-token step as one CUDA graph
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -209,30 +212,45 @@ class _TokenSampler(Sampler):
     @torch.no_grad()
     def sample(self, model: LSTMLanguageModel, n: int, generator: torch.Generator,
                prompt: str | None = None, show: tuple[str, ...] = ()) -> TextSample:
-        o, tok, dev = self.options, model.tokenizer, model.device
-        pad = model.config.pad_id
-        ids = tok.encode_prompt(prompt) if prompt else []
-        if ids:
-            out = torch.tensor(ids, device=dev).repeat(n, 1)
-        else:  # no prompt: the first token as training rows begin (every recipe: "recipe")
-            counts = model.start_counts.float()
-            if counts.sum() == 0:
-                counts = torch.ones_like(counts)
-            if pad is not None:
-                counts[pad] = 0
-            out = categorical(counts.log().expand(n, -1), generator)[:, None].to(dev)
+        tok, pad = model.tokenizer, model.config.pad_id
+        out = self.first_tokens(model, n, generator, prompt)
         start = out.shape[1]
-        logits, state = model(out) if self.stateful else (None, None)
-        done = torch.zeros(n, dtype=torch.bool, device=dev)
-        tables: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if self.stateful:
+            out, tables = self.walk(model, out, generator, "probs" in show)
+        else:
+            out, tables = self.rerun(model, out, generator, "probs" in show)
+        rows = [r[: r.index(pad)] if pad is not None and pad in r else r for r in out.tolist()]
+        sample = TextSample([tok.decode(r) for r in rows], rows, prompt)
+        if "probs" in show:
+            sample.extras["probs"] = probs_table(tok, out[:, start:].cpu(), tables, prompt)
+        return sample
+
+    def first_tokens(self, model: LSTMLanguageModel, n: int, generator: torch.Generator,
+                     prompt: str | None) -> torch.Tensor:
+        """The prompt's ids, or a first token drawn as training rows begin (every recipe:
+        "recipe"): (n, start)."""
+        dev, pad = model.device, model.config.pad_id
+        if prompt:
+            return torch.tensor(model.tokenizer.encode_prompt(prompt), device=dev).repeat(n, 1)
+        counts = model.start_counts.float()
+        if counts.sum() == 0:
+            counts = torch.ones_like(counts)
+        if pad is not None:
+            counts[pad] = 0
+        return categorical(counts.log().expand(n, -1), generator)[:, None].to(dev)
+
+    def rerun(self, model: LSTMLanguageModel, out: torch.Tensor, generator: torch.Generator,
+              probs: bool) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The book's way: the whole prefix through the network for every new token."""
+        o, pad = self.options, model.config.pad_id
+        done = torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)
+        tables = []
         for _ in range(o.max_new_tokens):
-            if not self.stateful:  # the book's way: the whole prefix, every token
-                logits, _ = model(out)
+            logits, _ = model(out)
             last = apply_temperature_top_k(logits[:, -1].float(), o.temperature, o.top_k)
             nxt = categorical(last, generator)
-            if "probs" in show:
-                p = torch.softmax(last[: o.show_samples], -1)
-                top = p.topk(min(o.show_top, p.shape[-1]), -1)
+            if probs:
+                top = self.top_probs(last)
                 tables.append((top.values.cpu(), top.indices.cpu()))
             if pad is not None:  # the pad token ends a document; ended rows stay ended
                 nxt = nxt.masked_fill(done, pad)
@@ -240,14 +258,73 @@ class _TokenSampler(Sampler):
             out = torch.cat([out, nxt[:, None]], 1)
             if bool(done.all()):
                 break
-            if self.stateful:
-                step_logits, state = model.step(nxt, state)
-                logits = step_logits[:, None]
-        rows = [r[: r.index(pad)] if pad is not None and pad in r else r for r in out.tolist()]
-        sample = TextSample([tok.decode(r) for r in rows], rows, prompt)
-        if "probs" in show:
-            sample.extras["probs"] = probs_table(tok, out[:, start:].cpu(), tables, prompt)
-        return sample
+        return out, tables
+
+    def walk(self, model: LSTMLanguageModel, out: torch.Tensor, generator: torch.Generator,
+             probs: bool) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """One cell step per new token, carrying the state; the step is static (core/graphs),
+        so on GPUs it is one CUDA graph replayed per token. Ended rows are checked every
+        `check_every` tokens, not every token: a check reads the device and would stall it."""
+        o, pad = self.options, model.config.pad_id
+        T = o.max_new_tokens
+        walk = TokenWalk(model, out, uniforms(generator, (T, out.shape[0]), model.device),
+                         self, probs)
+        runner = StepGraph(walk.step, model.device, o.cuda_graph)
+        made = 0
+        while made < T:
+            k = min(self.check_every, T - made)
+            runner.run(k)
+            made += k
+            if pad is not None and bool(walk.done.all()):
+                break
+        out = walk.tokens[:, :out.shape[1] + made]
+        tables = list(zip(walk.top_p[:made].cpu(), walk.top_i[:made].cpu())) if probs else []
+        return out, tables
+
+    def top_probs(self, last: torch.Tensor) -> Any:
+        o = self.options
+        p = torch.softmax(last[: o.show_samples], -1)
+        return p.topk(min(o.show_top, p.shape[-1]), -1)
+
+
+class TokenWalk:
+    """The stateful sampler's buffers, written in place by ``step`` at the device-side
+    counter ``pos``: tokens, next-token logits, recurrent state, ended rows, --show-probs."""
+
+    def __init__(self, model: LSTMLanguageModel, prompt: torch.Tensor, u: torch.Tensor,
+                 sampler: _TokenSampler, probs: bool):
+        n, start = prompt.shape
+        T = u.shape[0]
+        self.model, self.u, self.sampler, self.probs = model, u, sampler, probs
+        self.tokens = torch.cat([prompt, prompt.new_zeros(n, T)], 1)
+        logits, state = model(prompt)
+        self.logits = logits[:, -1].contiguous()
+        self.state = state if isinstance(state, tuple) else (state,)
+        self.done = torch.zeros(n, dtype=torch.bool, device=prompt.device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=prompt.device)
+        self.start = start
+        o = sampler.options
+        shape = (T, min(o.show_samples, n), min(o.show_top, model.config.vocab_size))
+        self.top_p = torch.zeros(shape, device=prompt.device) if probs else None
+        self.top_i = torch.zeros(shape, dtype=torch.long, device=prompt.device) if probs else None
+
+    def step(self) -> None:
+        o, pad, p = self.sampler.options, self.model.config.pad_id, self.pos
+        last = apply_temperature_top_k(self.logits.float(), o.temperature, o.top_k)
+        nxt = categorical_from_uniform(last, self.u.index_select(0, p))
+        if self.probs:
+            top = self.sampler.top_probs(last)
+            self.top_p.index_copy_(0, p, top.values[None])
+            self.top_i.index_copy_(0, p, top.indices[None])
+        if pad is not None:
+            nxt = nxt.masked_fill(self.done, pad)
+            self.done |= nxt == pad
+        self.tokens.index_copy_(1, p + self.start, nxt[:, None])
+        logits, state = self.model.step(nxt, self.state if len(self.state) == 2 else self.state[0])
+        self.logits.copy_(logits)
+        for buf, new in zip(self.state, state if isinstance(state, tuple) else (state,)):
+            buf.copy_(new)
+        p.add_(1)
 
 
 def probs_table(tok: Tokenizer, new: torch.Tensor, tables: list[tuple[torch.Tensor, torch.Tensor]],
@@ -270,6 +347,8 @@ def probs_table(tok: Tokenizer, new: torch.Tensor, tables: list[tuple[torch.Tens
 
 class StatefulSampler(_TokenSampler):
     """Carries the LSTM state token by token: one step of the network per new token."""
+
+    check_every = 16  # tokens between looks at whether every row has ended
 
     name = "stateful"
     stateful = True
