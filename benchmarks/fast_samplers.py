@@ -2,7 +2,8 @@
 
 For each family with a fast autoregressive sampler, times in one process, alternating, median
 of `--repeats` after a warm-up, and checks that every variant drew the same output:
-- ``naive``: the reference (a full forward pass per pixel / per token);
+- ``naive``: the reference (a full forward pass per pixel / per token; for pixelcnn-md, whose
+  32x32 naive pass takes minutes on a CPU, only with ``--md-naive``);
 - ``fast, eager``: the cached / stateful sampler kernel by kernel (``cuda_graph=false``);
 - ``fast, graph``: the same static step captured once and replayed (CUDA only; on a CPU it is
   the eager sampler again, so it is skipped there).
@@ -37,6 +38,20 @@ def pixelcnn(preset: str, dev: torch.device, n: int) -> tuple[dict[str, Callable
     return ({"naive": run(NaiveSampler()), "eager": run(CachedSampler(cuda_graph=False)),
              "graph": run(CachedSampler())},
             f"pixelcnn {preset}: {model.num_params():,} params, {c.image_size}x{c.image_size}, n={n}")
+
+
+def pixelcnn_md(preset: str, dev: torch.device, n: int, naive: bool) -> tuple[dict[str, Callable[[], Any]], str]:
+    from genzoo.plugins.pixelcnn_md import CachedSampler, NaiveSampler
+    model = genzoo.create_model("pixelcnn-md", preset=preset).to(dev).eval()
+    c = model.config
+
+    def run(sampler: Any) -> Callable[[], Any]:
+        return lambda: sampler.sample(model, n, torch.Generator().manual_seed(0))
+    fns = {"naive": run(NaiveSampler()), "eager": run(CachedSampler(cuda_graph=False)),
+           "graph": run(CachedSampler())}
+    if not naive:
+        del fns["naive"]
+    return fns, f"pixelcnn-md {preset}: {model.num_params():,} params, {c.image_size}x{c.image_size}, n={n}"
 
 
 def lstm(preset: str, dev: torch.device, n: int, tokens: int) -> tuple[dict[str, Callable[[], Any]], str]:
@@ -99,6 +114,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--quick", action="store_true", help="quick presets only (CPU smoke run)")
+    ap.add_argument("--md-naive", action="store_true", help="time pixelcnn-md's naive sampler too")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.threads:
@@ -107,7 +123,7 @@ def main() -> None:
     preset = "quick" if args.quick else "book"
     cases = []
     for n in args.n:
-        cases += [pixelcnn(preset, dev, n), lstm(preset if args.quick else "quick", dev, n, args.tokens),
+        cases += [pixelcnn(preset, dev, n), pixelcnn_md(preset, dev, n, args.md_naive or dev.type == "cuda"), lstm(preset if args.quick else "quick", dev, n, args.tokens),
                   gpt("gpt", "quick", dev, n, args.tokens)]
         if not args.quick:
             cases.append(gpt("gpt-shakespeare", "book", dev, n, args.tokens))
@@ -117,11 +133,13 @@ def main() -> None:
             fns.pop("graph")  # no graphs off CUDA: it would time the eager sampler twice
         times = time_all(fns, args.repeats, dev)
         med = {k: statistics.median(v) for k, v in times.items()}
-        row = {"case": label, **{f"{k}_s": v for k, v in med.items()},
-               "fast_eager_vs_naive": med["naive"] / med["eager"]}
+        row = {"case": label, **{f"{k}_s": v for k, v in med.items()}}
+        if "naive" in med:
+            row["fast_eager_vs_naive"] = med["naive"] / med["eager"]
         if "graph" in med:
-            row["fast_graph_vs_naive"] = med["naive"] / med["graph"]
             row["graph_vs_eager"] = med["eager"] / med["graph"]
+            if "naive" in med:
+                row["fast_graph_vs_naive"] = med["naive"] / med["graph"]
         rows.append(row)
         raw[label] = times
         ratios = "  ".join(f"{k} {v:.1f}x" for k, v in row.items() if k.endswith(("naive", "eager")))

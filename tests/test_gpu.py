@@ -121,3 +121,18 @@ def test_gpt_cached_sampler_runs_as_a_cuda_graph_and_draws_the_eager_tokens():
     b = CachedSampler(cuda_graph=False, **kw).sample(model, 3, g()).ids
     c = NaiveSampler(**kw).sample(model, 3, g()).ids
     assert a == b == c
+
+
+def test_pixelcnn_md_cached_sampler_runs_as_cuda_graphs_and_draws_the_eager_images():
+    from genzoo.plugins.pixelcnn_md import CachedSampler, NaiveSampler, PixelCNNMD, PixelCNNMDConfig, RowWalk
+    model = PixelCNNMD(PixelCNNMDConfig(filters=16, blocks=2, dilations=[1, 2], image_size=8,
+                                        channels=3)).cuda().double().eval()
+    with torch.no_grad():
+        walk = RowWalk(model, 2, 8, 8, 1.0, torch.rand(64, 2, 4, device="cuda"))
+        walk.row_step()  # rows and pixels interleave; capture the pixel step within row 0
+        assert _captured_without_syncs(type("W", (), {"step": walk.pixel_step})(), 8).captured
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    graph = CachedSampler().sample(model, 2, g())
+    eager = CachedSampler(cuda_graph=False).sample(model, 2, g())
+    naive = NaiveSampler().sample(model, 2, g())
+    assert torch.equal(graph, eager) and torch.equal(graph, naive)

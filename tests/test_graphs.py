@@ -92,3 +92,17 @@ def test_gpt_step_is_static():
         walk.sample_next()
         walk.step()
         walk.step()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_pixelcnn_md_row_and_pixel_steps_are_static(channels):
+    from genzoo.plugins.pixelcnn_md import PixelCNNMD, PixelCNNMDConfig, RowWalk
+    model = PixelCNNMD(PixelCNNMDConfig(filters=8, blocks=2, dilations=[1, 2], image_size=6,
+                                        channels=channels)).to("meta").eval()
+    walk = RowWalk(model, 2, 6, 6, 1.0, torch.rand(36, 2, 1 + channels).to("meta"))
+    with torch.no_grad():
+        for _ in range(2):
+            walk.row_step()
+            walk.pixel_step()
+            walk.pixel_step()
+    assert walk.levels.shape == (2, channels, 36)

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from genzoo.core.model import Model
-from genzoo.core.sampler import Sampler
+from genzoo.core.graphs import StepGraph, window_index
+from genzoo.core.sampler import Sampler, uniforms
 
 
 @dataclass
@@ -184,10 +185,17 @@ def sample_mixture(params: torch.Tensor, channels: int, mixtures: int, generator
     channels), then channel by channel a logistic draw, quantised to the 256-level grid; the next
     channel's mean is conditioned on the quantised value, as in training. All uniforms are drawn
     on the CPU from `generator`, so a seed gives the same images on every device."""
+    u = uniforms(generator, (params.shape[0], 1 + channels), params.device)
+    return mixture_from_uniform(params, channels, mixtures, u, temperature)
+
+
+def mixture_from_uniform(params: torch.Tensor, channels: int, mixtures: int, u: torch.Tensor,
+                         temperature: float = 1.0) -> torch.Tensor:
+    """``sample_mixture`` with its uniforms (n, 1 + C) given: the cached sampler draws a whole
+    image's up front, so its per-pixel step never touches the host."""
     n = params.shape[0]
     params = params.to(torch.promote_types(params.dtype, torch.float32))
     logits, means, log_scales, coeffs = split_params(params, channels, mixtures)
-    u = torch.rand(n, 1 + channels, generator=generator, device=generator.device).to(params.device)
     u = u.clamp(1e-5, 1 - 1e-5)
     cdf = torch.softmax(logits, dim=-1).cumsum(-1)
     k = (cdf < u[:, :1]).sum(-1, keepdim=True).clamp_max(mixtures - 1)  # (n, 1)
@@ -291,6 +299,11 @@ class MDSamplerOptions:
             raise ValueError(f"size must be >= 1, got {self.size}")
 
 
+@dataclass
+class MDCachedOptions(MDSamplerOptions):
+    cuda_graph: bool = True  # on GPUs, replay the row and pixel steps as CUDA graphs
+
+
 class NaiveSampler(Sampler):
     """One full forward pass per pixel, H*W passes per image: the reference for ``cached``."""
 
@@ -312,29 +325,41 @@ class NaiveSampler(Sampler):
 
 class _Cache:
     """The zero-padded input of one shifted convolution, filled as sampling walks the image, so
-    the convolution's output at a row or a position is one small matmul over a window."""
+    the convolution's output at a row or a position is one small matmul over a window. Rows
+    and positions are (1,) counters on the device, so the steps that use it are static."""
 
     def __init__(self, conv: nn.Conv2d, n: int, h: int, w: int):
         left, right, top, _ = conv.pad
-        self.conv, self.top, self.left = conv, top, left
-        (kh, kw), (self.dh, self.dw) = conv.kernel_size, conv.dilation
-        self.span_h, self.span_w = (kh - 1) * self.dh + 1, (kw - 1) * self.dw + 1
-        self.buf = conv.weight.new_zeros(n, conv.in_channels, h + top, w + left + right)
+        self.conv, self.top, self.w = conv, top, w
+        (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
+        self.rows = torch.arange(kh) * dh  # the input rows of output row 0, padded coordinates
+        width = w + left + right
+        self.buf = conv.weight.new_zeros(n, conv.in_channels, h + top, width)
+        self.flat = self.buf.view(n, conv.in_channels, -1)
         self.weight = conv.weight.flatten(1).t()  # (Cin*kh*kw, Cout)
+        self.windows = window_index(h, w, kh, kw, (dh, dw), width)  # (h*w, taps) into flat
+        # where position p's input sits in flat (in padded coordinates: row + top, col + left)
+        i, j = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)
+        self.cells = ((i + top) * width + j + left)[:, None]
+        dev = conv.weight.device
+        self.rows, self.windows, self.cells = self.rows.to(dev), self.windows.to(dev), self.cells.to(dev)
+        self.row_view = self.buf.narrow(3, left, w)  # the unpadded columns, for whole rows
 
-    def put_row(self, i: int, row: torch.Tensor) -> None:  # row (n, Cin, W)
-        self.buf[:, :, i + self.top, self.left:self.left + row.shape[-1]] = row
+    def put_row(self, i: torch.Tensor, row: torch.Tensor) -> None:  # row (n, Cin, W)
+        self.row_view.index_copy_(2, i + self.top, row[:, :, None])
 
-    def put(self, i: int, j: int, value: torch.Tensor) -> None:  # value (n, Cin)
-        self.buf[:, :, i + self.top, j + self.left] = value
+    def put(self, p: torch.Tensor, value: torch.Tensor) -> None:  # value (n, Cin)
+        self.flat.index_copy_(2, self.cells.index_select(0, p)[0], value[:, :, None])
 
-    def row(self, i: int) -> torch.Tensor:  # output row i: (n, Cout, W)
-        return F.conv2d(self.buf[:, :, i:i + self.span_h], self.conv.weight, self.conv.bias,
-                        dilation=self.conv.dilation)[:, :, 0]
+    def row(self, i: torch.Tensor) -> torch.Tensor:  # output row i: (n, Cout, W)
+        # only the kh rows the kernel reads are gathered, so no dilation across them
+        return F.conv2d(self.buf.index_select(2, self.rows + i), self.conv.weight, self.conv.bias,
+                        dilation=(1, self.conv.dilation[1]))[:, :, 0]
 
-    def at(self, i: int, j: int) -> torch.Tensor:  # output at (i, j): (n, Cout)
-        window = self.buf[:, :, i:i + self.span_h:self.dh, j:j + self.span_w:self.dw].flatten(1)
-        return torch.addmm(self.conv.bias, window, self.weight)
+    def at(self, p: torch.Tensor, windows: torch.Tensor | None = None) -> torch.Tensor:
+        """Output at position p: (n, Cout)."""
+        window = (self.windows if windows is None else windows).index_select(0, p)[0]
+        return torch.addmm(self.conv.bias, self.flat.index_select(2, window).flatten(1), self.weight)
 
 
 class CachedSampler(Sampler):
@@ -345,54 +370,86 @@ class CachedSampler(Sampler):
     down-right stack at (i, j) depends on its own inputs at (i-1..i, j-1..j) and on the down
     stack at (i, j), so it is computed per position from the per-layer caches. In total about one
     forward pass per image instead of H*W of them; same draws, same images as ``naive``.
+
+    Both steps, a row's and a pixel's, are static (core/graphs): on a GPU each is captured
+    once as a CUDA graph and replayed (``cuda_graph=false`` runs them kernel by kernel).
     """
 
     name = "cached"
-    Options = MDSamplerOptions
+    Options = MDCachedOptions
 
     @torch.no_grad()
     def sample(self, model: PixelCNNMD, n: int, generator: torch.Generator, **_: object) -> torch.Tensor:
         o, c = self.options, model.config
         h = w = o.size or c.image_size
-        dev = model.device
-        levels = torch.zeros(n, c.channels, h, w, dtype=torch.long, device=dev)
+        walk = RowWalk(model, n, h, w, o.temperature,
+                       uniforms(generator, (h * w, n, 1 + c.channels), model.device))
+        rows = StepGraph(walk.row_step, model.device, o.cuda_graph)
+        pixels = StepGraph(walk.pixel_step, model.device, o.cuda_graph)
+        for _ in range(h):
+            rows.run()
+            pixels.run(w)
+        return walk.levels.view(n, c.channels, h, w).float() / 255
+
+
+class RowWalk:
+    """The cached sampler's state: per-layer input caches, the current row's down-stack
+    outputs, and the row and position counters on the device."""
+
+    def __init__(self, model: PixelCNNMD, n: int, h: int, w: int, temperature: float, u: torch.Tensor):
+        c, dev = model.config, model.device
+        self.model, self.temperature, self.u, self.w = model, temperature, u, w
         # caches of the network input (image + ones channel) for the three first convolutions
-        x_u, x_up, x_left = (_Cache(conv, n, h, w) for conv in
-                             (model.u_init, model.ul_init_up, model.ul_init_left))
-        u_caches = [(_Cache(b.conv_in, n, h, w), _Cache(b.conv_out, n, h, w)) for b in model.u_blocks]
-        ul_caches = [(_Cache(b.conv_in, n, h, w), _Cache(b.conv_out, n, h, w)) for b in model.ul_blocks]
+        self.x_u, self.x_up, self.x_left = (_Cache(conv, n, h, w) for conv in
+                                            (model.u_init, model.ul_init_up, model.ul_init_left))
+        self.u_caches = [(_Cache(b.conv_in, n, h, w), _Cache(b.conv_out, n, h, w)) for b in model.u_blocks]
+        self.ul_caches = [(_Cache(b.conv_in, n, h, w), _Cache(b.conv_out, n, h, w)) for b in model.ul_blocks]
+        # the left input of position p is the first convolution's output at p - 1 (zero at j = 0)
+        cols = torch.arange(h * w) % w
+        self.left_windows = self.x_left.windows.roll(1, 0)
+        self.has_left = (cols > 0).to(self.x_u.buf.dtype)[:, None].to(dev)
+        self.cols = cols.to(dev)
         F_ = c.filters
-        w_out = model.output.weight[:, :, 0, 0]
-        for i in range(h):
-            # the down stack for row i, and the "row above" part of the down-right stack's input
-            if i == 0:
-                u = x_u.buf.new_zeros(n, F_, w)
-                ul_up = x_u.buf.new_zeros(n, F_, w)
-            else:
-                u = x_u.row(i - 1)
-                ul_up = x_up.row(i - 1)
-            u_rows = []
-            for blk, (cin, cout) in zip(model.u_blocks, u_caches):
-                cin.put_row(i, concat_elu(u))
-                cout.put_row(i, concat_elu(cin.row(i)))
-                a, b = cout.row(i).chunk(2, dim=1)
-                u = u + a * torch.sigmoid(b)
-                u_rows.append(concat_elu(u))  # the down-right blocks' auxiliary input
-            for j in range(w):
-                ul = ul_up[:, :, j]
-                if j > 0:
-                    ul = ul + x_left.at(i, j - 1)
-                for k, (blk, (cin, cout)) in enumerate(zip(model.ul_blocks, ul_caches)):
-                    cin.put(i, j, concat_elu(ul))
-                    hid = cin.at(i, j) + F.linear(u_rows[k][:, :, j], blk.nin_aux.weight[:, :, 0, 0],
-                                                  blk.nin_aux.bias)
-                    cout.put(i, j, concat_elu(hid))
-                    a, b = cout.at(i, j).chunk(2, dim=1)
-                    ul = ul + a * torch.sigmoid(b)
-                params = F.linear(F.elu(ul), w_out, model.output.bias)
-                value = sample_mixture(params, c.channels, c.mixtures, generator, o.temperature)
-                levels[:, :, i, j] = value
-                x = torch.cat([value.to(x_u.buf.dtype) / 127.5 - 1, x_u.buf.new_ones(n, 1)], dim=1)
-                for cache in (x_u, x_up, x_left):
-                    cache.put(i, j, x)
-        return levels.float() / 255
+        self.ul_up = self.x_u.buf.new_zeros(n, F_, w)  # the row above's part of ul, this row
+        self.u_rows = [self.x_u.buf.new_zeros(n, 2 * F_, w) for _ in model.u_blocks]
+        self.w_out = model.output.weight[:, :, 0, 0]
+        self.levels = torch.zeros(n, c.channels, h * w, dtype=torch.long, device=dev)
+        self.ones = self.x_u.buf.new_ones(n, 1)
+        self.row = torch.zeros(1, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(1, dtype=torch.long, device=dev)
+
+    def row_step(self) -> None:
+        """The down stack for row i, and the "row above" part of the down-right stack's input
+        (both are the first convolutions' outputs at row i - 1, zero for the first row)."""
+        i = self.row
+        above, first = (i - 1).clamp(min=0), (i > 0).to(self.ul_up.dtype)
+        u = self.x_u.row(above) * first
+        self.ul_up.copy_(self.x_up.row(above) * first)
+        for k, (cin, cout) in enumerate(self.u_caches):
+            cin.put_row(i, concat_elu(u))
+            cout.put_row(i, concat_elu(cin.row(i)))
+            a, b = cout.row(i).chunk(2, dim=1)
+            u = u + a * torch.sigmoid(b)
+            self.u_rows[k].copy_(concat_elu(u))  # the down-right blocks' auxiliary input
+        i.add_(1)
+
+    def pixel_step(self) -> None:
+        m, c, p = self.model, self.model.config, self.pos
+        j = self.cols.index_select(0, p)
+        ul = self.ul_up.index_select(2, j)[:, :, 0]
+        ul = ul + self.x_left.at(p, self.left_windows) * self.has_left.index_select(0, p)
+        for blk, (cin, cout), u_row in zip(m.ul_blocks, self.ul_caches, self.u_rows):
+            cin.put(p, concat_elu(ul))
+            hid = cin.at(p) + F.linear(u_row.index_select(2, j)[:, :, 0], blk.nin_aux.weight[:, :, 0, 0],
+                                       blk.nin_aux.bias)
+            cout.put(p, concat_elu(hid))
+            a, b = cout.at(p).chunk(2, dim=1)
+            ul = ul + a * torch.sigmoid(b)
+        params = F.linear(F.elu(ul), self.w_out, m.output.bias)
+        value = mixture_from_uniform(params, c.channels, c.mixtures, self.u.index_select(0, p)[0],
+                                     self.temperature)
+        self.levels.index_copy_(2, p, value[:, :, None])
+        x = torch.cat([value.to(self.ones.dtype) / 127.5 - 1, self.ones], dim=1)
+        for cache in (self.x_u, self.x_up, self.x_left):
+            cache.put(p, x)
+        p.add_(1)
