@@ -55,8 +55,11 @@ def bench_data(p: Any, batch_size: int) -> Any:
         from genzoo.core.data import ImageData
         g = torch.Generator().manual_seed(0)
         n = max(batch_size * 2, 256)
-        y = torch.randint(0, max(1, len(shape.classes)), (n,), generator=g) if shape.classes else None
-        return ImageData(torch.rand(n, *shape.shape, generator=g), y, shape.classes)
+        classes = list(shape.classes)
+        if cfg.label:  # an attribute as the label: absent / present, as the real loader makes it
+            classes = [f"not {cfg.label}", cfg.label]
+        y = torch.randint(0, len(classes), (n,), generator=g) if classes else None
+        return ImageData(torch.rand(n, *shape.shape, generator=g), y, classes)
 
 
 def plan_from_run(path: str, device: str) -> Any:
