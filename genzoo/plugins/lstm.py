@@ -112,8 +112,9 @@ class LSTMLanguageModel(Model):
 
     def step(self, ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
         """One token per row (B,) -> next-token logits (B, V) and the new state: the same
-        recurrence as ``forward``, written out as a cell's matmuls. Calling ``nn.LSTM`` for a
-        single time step costs ~3x more on a CPU (its fused kernel's per-call setup)."""
+        recurrence as ``forward``, one fused cell per layer (``torch.lstm_cell``, what
+        ``nn.LSTMCell`` calls). Calling ``nn.LSTM`` for a single time step costs ~3x more on a
+        CPU (its sequence kernel's per-call setup)."""
         x = self.embedding(ids)
         c = self.config
         if state is None:
@@ -121,21 +122,13 @@ class LSTMLanguageModel(Model):
             state = (zeros, zeros.clone()) if c.cell == "lstm" else zeros
         hs, cs = [], []
         for layer in range(c.layers):
-            w_ih, w_hh = getattr(self.rnn, f"weight_ih_l{layer}"), getattr(self.rnn, f"weight_hh_l{layer}")
-            b_ih, b_hh = getattr(self.rnn, f"bias_ih_l{layer}"), getattr(self.rnn, f"bias_hh_l{layer}")
+            weights = [getattr(self.rnn, f"{w}_l{layer}") for w in
+                       ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
             if c.cell == "lstm":
-                h, cell = state[0][layer], state[1][layer]
-                gates = torch.addmm(b_ih, x, w_ih.t()) + torch.addmm(b_hh, h, w_hh.t())
-                i, f, g, o = gates.chunk(4, 1)  # PyTorch's gate order
-                cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
-                x = torch.sigmoid(o) * torch.tanh(cell)
+                x, cell = torch.lstm_cell(x, (state[0][layer], state[1][layer]), *weights)
                 cs.append(cell)
             else:
-                h = state[layer]
-                r_i, z_i, n_i = torch.addmm(b_ih, x, w_ih.t()).chunk(3, 1)
-                r_h, z_h, n_h = torch.addmm(b_hh, h, w_hh.t()).chunk(3, 1)
-                r, z = torch.sigmoid(r_i + r_h), torch.sigmoid(z_i + z_h)
-                x = (1 - z) * torch.tanh(n_i + r * n_h) + z * h
+                x = torch.gru_cell(x, state[layer], *weights)
             hs.append(x)  # dropout between layers is off in eval mode, as here
         new = (torch.stack(hs), torch.stack(cs)) if c.cell == "lstm" else torch.stack(hs)
         return self.head(x), new
