@@ -83,7 +83,7 @@ class Coupling(nn.Module):
     def scale_shift(self, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = kept.expand(2, *kept.shape)  # the same masked input to s and t
         for layer in self.net[:-1]:
-            h = torch.relu(layer(h))
+            h = layer(h).relu_()  # in place: a fresh output, and relu backward needs only it
         s, t = self.net[-1](h).unbind(0)
         free = 1 - self.mask  # only the moved coordinates are scaled and shifted
         return torch.tanh(s) * free, t * free
