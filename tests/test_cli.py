@@ -76,6 +76,10 @@ def test_bench_writes_json_records(tmp_path):
     metrics = {(r["metric"], r["setting"].split()[0]) for r in records}
     assert ("sample_latency", "sampler=naive") in metrics and ("sample_latency", "sampler=cached") in metrics
     assert all(r["min"] <= r["median"] <= r["max"] for r in records)
+    from genzoo.core.bench import summary_markdown
+    table = summary_markdown(records).splitlines()  # --summary: one row per model
+    assert len(table) == 3 and table[2].startswith("| pixelcnn | 52,100 | 8 |")
+    assert "naive " in table[2] and "cached " in table[2] and ("fp32" in table[2] or "bf16" in table[2])
 
 
 def test_data_download_without_kaggle_credentials_explains_how_to_set_them(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 compare figures as ratios within one run (shared machines drift 5-15% between runs)."""
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -201,15 +202,20 @@ def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: i
     model.eval()
     family = registry().get_family(p.entry.family)
     for sname in family.samplers:
-        sampler = family.sampler_class(sname)()
+        cls = family.sampler_class(sname)
+        variants = [("", {})]
+        if dev.type == "cuda" and "cuda_graph" in {f.name for f in dataclasses.fields(cls.Options)}:
+            variants.append((" cuda_graph=false", {"cuda_graph": False}))  # what the graph saves
+        for label, options in variants:
+            sampler = cls(**options)
 
-        def one() -> None:
-            draw(model, sampler, n_samples, torch.Generator().manual_seed(0), family=family.name)
-        first = timeit(one, 1, 1, dev)[0]
-        reps = repeats if first < 5 else max(2, min(repeats, 3))
-        times = [first] + timeit(one, reps - 1, 0, dev)
-        out.append(record(name, dev, "sample_latency", f"sampler={sname} n={n_samples}",
-                          [t / n_samples for t in times], "s/sample"))
+            def one() -> None:
+                draw(model, sampler, n_samples, torch.Generator().manual_seed(0), family=family.name)
+            first = timeit(one, 1, 1, dev)[0]
+            reps = repeats if first < 5 else max(2, min(repeats, 3))
+            times = [first] + timeit(one, reps - 1, 0, dev)
+            out.append(record(name, dev, "sample_latency", f"sampler={sname}{label} n={n_samples}",
+                              [t / n_samples for t in times], "s/sample"))
     precision = (str(ctx.dtype).replace("torch.", "") + " autocast" if ctx.dtype else "fp32") \
         + f" (amp={p.train.amp})"
     for r in out:
@@ -268,7 +274,7 @@ def print_records(records: list[dict[str, Any]]) -> None:
     by = {}
     for r in records:
         if r["metric"] == "sample_latency":
-            by.setdefault(r["model"], {})[r["setting"].split()[0]] = r["median"]
+            by.setdefault(r["model"], {})[r["setting"].rsplit(" n=", 1)[0]] = r["median"]
     for model, s in by.items():
         if "sampler=naive" in s and len(s) > 1:
             fastest = min(v for k, v in s.items() if k != "sampler=naive")
@@ -305,7 +311,7 @@ def summary_markdown(records: list[dict[str, Any]]) -> str:
         elif metric == "peak_memory":
             row["memory"] = f"{v:,.0f}"
         elif metric == "sample_latency":
-            sampler = setting.split()[0].removeprefix("sampler=")
+            sampler = setting.rsplit(" n=", 1)[0].removeprefix("sampler=")
             row.setdefault("sampling", []).append(f"{sampler} {_short_time(v)}")  # type: ignore[arg-type]
     cols = [("model", "model"), ("params", "params"), ("batch", "batch"),
             ("step", "train samples/s (step)"), ("loop", "(Trainer loop)"),

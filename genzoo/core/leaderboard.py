@@ -85,7 +85,8 @@ def row(run: Path) -> Row:
     sampler = cfg.get("sampler")
     lat = [r for r in records if r.get("metric") == "sample_latency"]
     if lat:
-        mine = [r for r in lat if r.get("setting", "").startswith(f"sampler={sampler} ")] or lat
+        # the default settings only (not e.g. "sampler=cached cuda_graph=false n=16")
+        mine = [r for r in lat if r.get("setting", "").startswith(f"sampler={sampler} n=")] or lat
         latency = min(r["median"] for r in mine) * 1000
     if train is None:  # the training log's throughput: median over logged windows
         rates = [m["samples_per_s"] for m in _metrics(run) if "samples_per_s" in m]
