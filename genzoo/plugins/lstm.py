@@ -191,6 +191,7 @@ class _TokenSampler(Sampler):
     shows = {"probs": "the top next-token probabilities at each step"}
     preview = {"max_new_tokens": 80}  # the trainer's periodic samples
     stateful = True
+    check_every = 16  # stateful: tokens between looks at whether every row has ended
 
     def check(self, model: LSTMLanguageModel, inputs: dict[str, Any]) -> None:
         if model.tokenizer is None:
@@ -340,8 +341,6 @@ def probs_table(tok: Tokenizer, new: torch.Tensor, tables: list[tuple[torch.Tens
 
 class StatefulSampler(_TokenSampler):
     """Carries the LSTM state token by token: one step of the network per new token."""
-
-    check_every = 16  # tokens between looks at whether every row has ended
 
     name = "stateful"
     stateful = True
