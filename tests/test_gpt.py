@@ -130,6 +130,21 @@ def test_end_of_text_stops_and_pads():
     assert s.ids == [[3, 0], [3, 0]]
 
 
+def test_cached_sampler_stops_soon_after_every_row_has_ended(monkeypatch):
+    from genzoo.plugins import gpt
+    model = tiny(pad_id=0)
+    with torch.no_grad():
+        model.head.bias.zero_()
+        model.head.bias[0] = 50.0  # the end token is certain
+    model.start_counts[3] = 1.0
+    steps = []
+    step = gpt.DecodeWalk.step
+    monkeypatch.setattr(gpt.DecodeWalk, "step", lambda self: (steps.append(1), step(self)))
+    s = CachedSampler(max_new_tokens=200).sample(model, 2, torch.Generator().manual_seed(0))
+    assert s.ids == [[3, 0], [3, 0]]
+    assert len(steps) <= CachedSampler.check_every  # a look at ended rows every 16 tokens
+
+
 def test_loaded_run_decodes_its_own_samples_with_the_same_seed(trained):
     data = load(DataConfig(name="recipes-pd", seq_len=24, vocab_size=500), "train")
     loaded = api.load_run(trained.path)

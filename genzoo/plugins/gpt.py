@@ -443,7 +443,7 @@ class CachedSampler(Sampler):
         walk = DecodeWalk(model, prompt, uniforms(generator, (T, prompt.shape[0]), model.device),
                           o, want_attn)
         runner = StepGraph(walk.step, model.device, o.cuda_graph and not want_attn)
-        length, start, made = prompt.shape[1], 0, 0
+        length, start, made, checked = prompt.shape[1], 0, 0, 0
         attn_rows = []
         while made < T:
             if made == 0 or length - start > c.context:  # (re)fill the window's caches
@@ -459,9 +459,10 @@ class CachedSampler(Sampler):
             if want_attn:
                 attn_rows.append((length, start, walk.weights[0, :, -1, :length - start].cpu()))
             length, made = length + steps, made + steps
-            if c.pad_id is not None and (made % self.check_every == 0 or made == T) \
-                    and bool(walk.done.all()):
-                break
+            if c.pad_id is not None and made - checked >= self.check_every:
+                checked = made
+                if bool(walk.done.all()):
+                    break
         return walk.trimmed(length), attn_rows
 
 
