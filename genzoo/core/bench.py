@@ -4,6 +4,7 @@ compare figures as ratios within one run (shared machines drift 5-15% between ru
 from __future__ import annotations
 
 import dataclasses
+import re
 import statistics
 import tempfile
 import time
@@ -293,7 +294,6 @@ def markdown_records(records: list[dict[str, Any]]) -> str:
 def summary_markdown(records: list[dict[str, Any]]) -> str:
     """One row per model: what a user compares when picking one (medians; the full records
     keep min/max and the settings)."""
-    import re
     rows: dict[str, dict[str, str]] = {}
     for r in records:
         row = rows.setdefault(r["model"], {"device": r["device"], "precision": r.get("precision", "")})
