@@ -330,7 +330,7 @@ class _Cache:
 
     def __init__(self, conv: nn.Conv2d, n: int, h: int, w: int):
         left, right, top, _ = conv.pad
-        self.conv, self.top, self.w = conv, top, w
+        self.conv, self.top = conv, top
         (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
         self.rows = torch.arange(kh) * dh  # the input rows of output row 0, padded coordinates
         width = w + left + right
@@ -398,7 +398,7 @@ class RowWalk:
 
     def __init__(self, model: PixelCNNMD, n: int, h: int, w: int, temperature: float, u: torch.Tensor):
         c, dev = model.config, model.device
-        self.model, self.temperature, self.u, self.w = model, temperature, u, w
+        self.model, self.temperature, self.u = model, temperature, u
         # caches of the network input (image + ones channel) for the three first convolutions
         self.x_u, self.x_up, self.x_left = (_Cache(conv, n, h, w) for conv in
                                             (model.u_init, model.ul_init_up, model.ul_init_left))
