@@ -134,3 +134,20 @@ class Model(nn.Module):
     @staticmethod
     def bits_per_dim(log_prob: torch.Tensor, dims: int) -> torch.Tensor:
         return -log_prob / (dims * math.log(2.0))
+
+    # -- capabilities the core looks for (never a family's name) -----------------------------
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """A feature vector (n, D) per image in [0, 1], (n, C, H, W): a network that defines it
+        can serve as FID/KID's feature extractor (``zoo eval --features RUN``), as the
+        chapter-2 classifier does with its penultimate layer."""
+        raise NotImplementedError(f"{type(self).__name__} defines no image features")
+
+    @classmethod
+    def has_features(cls) -> bool:
+        return cls.features is not Model.features
+
+    def flops(self, batch: dict[str, torch.Tensor]) -> int | None:
+        """Analytic FLOPs of one training step (forward + backward) on `batch`, for benchmarks'
+        model FLOPs utilisation (nanoGPT's 6N + attention for a transformer). None: ``zoo bench``
+        counts them with torch.utils.flop_counter instead."""
+        return None

@@ -152,6 +152,14 @@ def uniforms(generator: torch.Generator, shape: tuple[int, ...], device: torch.d
     return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
 
+def gaussian(generator: torch.Generator, shape: tuple[int, ...], device: torch.device | str,
+             dtype: torch.dtype | None = None) -> torch.Tensor:
+    """N(0, 1) noise from `generator` on its own device, moved to `device` (and `dtype`) in one
+    copy: the same seed gives the same noise whichever device the network runs on."""
+    z = torch.randn(shape, generator=generator, device=generator.device)
+    return z.to(device=device, dtype=dtype) if dtype is not None else z.to(device)
+
+
 @dataclass
 class TokenOptions:
     """Options every token sampler shares (LSTM, GPT, music): validated on construction."""
