@@ -20,7 +20,8 @@ from genzoo.core.plugins import hookimpl
 from genzoo.core.plots import pyplot, save_figure
 from genzoo.core.sample import EventSample, ImageSample, PointSample, Sample, TextSample
 from genzoo.core.sampler import (Sampler, SamplerOptions, TokenOptions, apply_temperature_top_k,
-                                 categorical, categorical_from_uniform, gaussian, uniforms)
+                                 categorical, categorical_from_uniform, frozen, gaussian,
+                                 uniforms)
 from genzoo.core.checkpoint import atomic_write
 from genzoo.core.data import (DataConfig, Dataset, ImageData, PointData, TensorData, data_root,
                               split_index, to_float)
@@ -35,7 +36,7 @@ __all__ = [
     "Model", "ModelConfig", "fused_adam_ok",
     # sampling
     "Sampler", "SamplerOptions", "TokenOptions", "apply_temperature_top_k", "categorical",
-    "categorical_from_uniform", "uniforms", "gaussian", "StepGraph", "run_steps", "window_index",
+    "categorical_from_uniform", "uniforms", "gaussian", "frozen", "StepGraph", "run_steps", "window_index",
     # what samplers return
     "Sample", "ImageSample", "TextSample", "PointSample", "EventSample",
     # data
@@ -68,6 +69,7 @@ DOCS: dict[str, str] = {
     "categorical_from_uniform": "A categorical draw from pre-drawn uniforms (CUDA-graph steps).",
     "uniforms": "U(0,1) numbers from a generator on its own device, moved to `device` at once.",
     "gaussian": "N(0,1) noise from a generator on its own device, moved to `device` at once.",
+    "frozen": "Context manager: a module's parameters stop requiring grad, restored after.",
     "StepGraph": "Runs a static sampler step eagerly, or as a captured CUDA graph on CUDA.",
     "run_steps": "Calls a static step n times (through a StepGraph).",
     "window_index": "Index tables that gather a convolution window at a device-held position.",

@@ -17,3 +17,10 @@ def _isolated(tmp_path, monkeypatch):
     yield
     from genzoo.core import registry
     registry.reset()
+
+
+@pytest.fixture
+def tiny():
+    """tiny(name, steps=None, **extra) -> overrides for a seconds-long run (tests/tiny.py)."""
+    from tiny import tiny as make
+    return make

@@ -64,22 +64,30 @@ def sampling_mode(model: Any, needs_grad: bool) -> Iterator[None]:
     sampling never leaves gradients in the network. Restores everything afterwards."""
     was_training = getattr(model, "training", False)
     model.eval()
-    frozen = []
     try:
         if needs_grad:
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.requires_grad_(False)
-                    frozen.append(p)
-            with torch.enable_grad():
+            with frozen(model), torch.enable_grad():
                 yield
         else:
             with torch.no_grad():
                 yield
     finally:
-        for p in frozen:
-            p.requires_grad_(True)
         model.train(was_training)
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[None]:
+    """The module's parameters stop requiring grad, and are restored afterwards: a loss can
+    flow *through* a network (a GAN's critic, an EBM's Langevin steps, a frozen pipeline stage)
+    without its weights learning from it or building a graph for them."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def check_inputs(sampler: Sampler, family: str, inputs: dict[str, Any]) -> dict[str, Any]:

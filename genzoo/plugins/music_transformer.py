@@ -25,7 +25,7 @@ from torch import nn
 from genzoo.core.model import Model
 from genzoo.core.sampler import Sampler, TokenOptions, apply_temperature_top_k, categorical
 from genzoo.errors import ConfigError
-from genzoo.plugins.gpt import Block, KVCache
+from genzoo.nn.transformer import Block, KVCache
 from genzoo.plugins.music import (REST, START, ZERO, MusicSample, notes_from_tokens,
                                   parse_prompt)
 
