@@ -57,7 +57,7 @@ def test_gallery_writes_a_self_contained_site(runs, tmp_path):
     r = CliRunner().invoke(cli, ["gallery", str(root), "--out", str(tmp_path / "site")])
     assert r.exit_code == 0, r.output
     index = (tmp_path / "site" / "index.html").read_text()
-    assert 'href="pixelcnn/index.html"' in index and "12.50" in index
+    assert 'href="./pixelcnn/index.html"' in index and "12.50" in index
     page = (tmp_path / "site" / "pixelcnn" / "index.html").read_text()
     assert "<img" in page and "bits_per_dim" in page and '"family": "pixelcnn"' in page
     assert "<pre>" in (tmp_path / "site" / "gpt" / "index.html").read_text()
@@ -83,7 +83,7 @@ def test_gallery_in_a_real_browser(runs, tmp_path):
             page.goto((site / "index.html").as_uri())
             assert page.title() == "genzoo gallery"
             assert page.locator("table tbody tr").count() == 3
-            page.click('a[href="pixelcnn/index.html"]')
+            page.click('a[href="./pixelcnn/index.html"]')
             page.wait_for_load_state("load")
             assert page.url.endswith("pixelcnn/index.html")
             widths = page.eval_on_selector_all(
@@ -109,5 +109,85 @@ def test_music_pages_embed_an_audio_player(runs, tmp_path):
     r = CliRunner().invoke(cli, ["gallery", str(run), "--out", str(tmp_path / "site")])
     assert r.exit_code == 0, r.output
     page = next((tmp_path / "site").glob("*/index.html")).read_text()
-    assert '<audio controls preload="none" src="audio-00-final-0.wav">' in page
+    assert '<audio controls preload="none" src="./audio-00-final-0.wav">' in page
     assert next((tmp_path / "site").glob("*/audio-00-final-0.wav")).stat().st_size > 1000
+
+
+HOSTILE = ["javascript:alert(document.domain)", "with space", "ünïcødé ラン", "a#b?c%20d&e=1",
+           "<img src=x onerror=alert(1)>", "quote\"s and 'apostrophes'"]
+
+
+@pytest.fixture(scope="module")
+def hostile_runs(runs, tmp_path_factory):
+    """The pixelcnn run copied under names a user (or an attacker) may give a run folder."""
+    _, gen, _ = runs
+    root = tmp_path_factory.mktemp("hostile")
+    for name in HOSTILE:
+        shutil.copytree(gen.path, root / name)
+    return root
+
+
+def test_gallery_links_stay_relative_paths_for_hostile_names(hostile_runs, tmp_path):
+    import html as htmllib
+    import re
+    from urllib.parse import unquote
+    site = tmp_path / "site"
+    r = CliRunner().invoke(cli, ["gallery", str(hostile_runs), "--out", str(site)])
+    assert r.exit_code == 0, r.output
+    index = (site / "index.html").read_text()
+    links = [htmllib.unescape(h) for h in re.findall(r'<a href="([^"]*)"', index)]
+    assert len(links) == len(HOSTILE)
+    for link in links:
+        assert link.startswith("./") and link.endswith("/index.html"), link
+        assert (site / unquote(link[2:])).is_file(), link  # the link reaches its page
+    assert "javascript:" not in "".join(links).split("./", 1)[0]
+    assert "<img src=x" not in index and "onerror=alert(1)>" not in index.replace("&lt;", "")
+    for src in re.findall(r'<img[^>]* src="([^"]*)"', (site / unquote(links[0][2:])).read_text()):
+        assert src.startswith("./")
+
+
+def test_gallery_never_writes_outside_out(runs, tmp_path):
+    _, gen, _ = runs
+    run = tmp_path / "runs" / "mine"
+    shutil.copytree(gen.path, run)
+    (run / "samples").mkdir(exist_ok=True)
+    site = tmp_path / "deep" / "site"
+    r = CliRunner().invoke(cli, ["gallery", str(run / "samples" / ".."), "--out", str(site)])
+    assert r.exit_code == 0, r.output
+    assert (site / "mine" / "index.html").is_file()
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["site"]  # nothing beside it
+
+
+def test_gallery_hostile_names_in_a_real_browser(hostile_runs, tmp_path):
+    if not CHROMIUM:
+        pytest.skip("no chromium binary (Debian: apt-get install chromium); set GENZOO_CHROMIUM")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright not installed (pip install playwright)")
+    site = tmp_path / "site"
+    assert CliRunner().invoke(cli, ["gallery", str(hostile_runs), "--out", str(site)]).exit_code == 0
+    errors: list[str] = []
+    dialogs: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            index = (site / "index.html").as_uri()
+            page.goto(index)
+            count = page.locator("table tbody a").count()
+            assert count == len(HOSTILE)
+            for i in range(count):
+                page.goto(index)
+                page.locator("table tbody a").nth(i).click()
+                page.wait_for_load_state("load")
+                assert page.url.startswith("file://") and page.url.endswith("/index.html"), page.url
+                assert page.title().startswith("pixelcnn"), page.url
+                imgs = page.eval_on_selector_all(
+                    "img", "imgs => imgs.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+                assert imgs and all(done and w > 0 for _, done, w in imgs), imgs
+        finally:
+            browser.close()
+    assert not dialogs, dialogs  # no script ran
+    assert not errors, errors

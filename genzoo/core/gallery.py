@@ -12,8 +12,10 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from genzoo.core import leaderboard as lb
+from genzoo.errors import ConfigError
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
@@ -27,8 +29,33 @@ figcaption{font-size:13px;color:#555} .note{color:#555;font-size:13px}
 MAX_STEP_GRIDS = 4  # the last few periodic grids, besides the final ones
 
 
+def href(*parts: str) -> str:
+    """A relative, URL-encoded link (``./a%20b/index.html``), escaped for an HTML attribute.
+
+    Run folders are named by users: a folder called ``javascript:alert(1)`` must stay a path
+    inside the site, never become a URL scheme; spaces, ``#``, ``?``, ``%`` and unicode must
+    reach the file they name."""
+    return html.escape("./" + "/".join(quote(p, safe="") for p in parts))
+
+
+def slug_of(run: Path) -> str:
+    """The folder name a run gets inside the site: its own resolved name (``RUN/samples/..``
+    is RUN), never ``.``, ``..`` or empty, so every page lands inside ``--out``."""
+    name = run.resolve().name
+    return name if name not in ("", ".", "..") else "run"
+
+
+def inside(out: Path, name: str) -> Path:
+    """``out/name``, refused (one line) if it would resolve outside `out`."""
+    target = (out / name).resolve()
+    if target.parent != out.resolve():
+        raise ConfigError(f"gallery: {name!r} would be written outside --out {out}; "
+                          "rename the run folder")
+    return target
+
+
 def page(title: str, body: str, up: str = "") -> str:
-    nav = f'<p><a href="{up}index.html">&larr; all runs</a></p>' if up else ""
+    nav = f'<p><a href="{html.escape(up)}index.html">&larr; all runs</a></p>' if up else ""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<link rel=\"icon\" href=\"data:,\">"
             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>"
@@ -83,17 +110,17 @@ def run_page(run: Path, row: lb.Row, out: Path) -> None:
     figures = []
     for i, (src, caption) in enumerate(_images(run)):
         name = f"{i:02d}-{src.name}"
-        shutil.copyfile(src, out / name)
+        shutil.copyfile(src, inside(out, name))
         px = ' class="px"' if src.parent.name == "samples" else ""  # grids: crisp pixels
-        figures.append(f'<figure><img{px} src="{html.escape(name)}" alt="{html.escape(caption)}">'
+        figures.append(f'<figure><img{px} src="{href(name)}" alt="{html.escape(caption)}">'
                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     if figures:
         parts.append("<h2>Samples and figures</h2>" + "".join(figures))
     players = []
     for i, src in enumerate(_audio(run)):
         name = f"audio-{i:02d}-{src.name}"
-        shutil.copyfile(src, out / name)
-        players.append(f'<figure><audio controls preload="none" src="{html.escape(name)}"></audio>'
+        shutil.copyfile(src, inside(out, name))
+        players.append(f'<figure><audio controls preload="none" src="{href(name)}"></audio>'
                        f"<figcaption>{html.escape(src.stem)}</figcaption></figure>")
     if players:
         parts.append("<h2>Listen</h2>" + "".join(players))
@@ -134,15 +161,16 @@ def build(paths: list[str | Path], out: str | Path) -> Path:
     used: set[str] = set()
     for run in runs:
         r = lb.row(run)
-        slug, k = run.name, 2
-        while slug in used:
-            slug, k = f"{run.name}-{k}", k + 1
+        base = slug_of(run)
+        slug, k = base, 2
+        while slug in used or slug == "index.html":
+            slug, k = f"{base}-{k}", k + 1
         used.add(slug)
-        run_page(run, r, out / slug)
+        run_page(run, r, inside(out, slug))
         rows.append((r, slug))
     rows.sort(key=lambda rs: (rs[0].dataset, rs[0].family, rs[0].model, rs[0].run))
     table = _table(list(lb.COLUMNS), [
-        [html.escape(c) for c in lb.cells(r)[:-1]] + [f'<a href="{html.escape(slug)}/index.html">'
+        [html.escape(c) for c in lb.cells(r)[:-1]] + [f'<a href="{href(slug, "index.html")}">'
                                                       f"{html.escape(slug)}</a>"]
         for r, slug in rows])
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in lb.protocols([r for r, _ in rows]))
