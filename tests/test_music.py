@@ -3,6 +3,7 @@ to the reference, vocabularies as run artifacts, prompts), MuseGAN (shapes, rang
 latent controls), the music writer (MIDI, piano roll, WAV) and bad input through the CLI."""
 import json
 import wave
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -14,8 +15,8 @@ from genzoo import api
 from genzoo.cli import cli
 from genzoo.core.data import DataConfig, load
 from genzoo.errors import ConfigError
-from genzoo.plugins import music
-from genzoo.plugins.music import MusicSample, duration_token, midi_of, parse_prompt
+from genzoo.nn import music
+from genzoo.nn.music import MusicSample, duration_token, midi_of, parse_prompt
 from genzoo.plugins.musegan import MuseGAN, MuseGANConfig, track_changes
 from genzoo.plugins.music_transformer import MusicTransformer, MusicTransformerConfig
 from cli_checks import one_line_error
@@ -60,7 +61,7 @@ def test_note_names_durations_and_the_prompt_syntax():
     assert midi_of("C4") == 60 and midi_of("F#4") == 66 and midi_of("B-3") == midi_of("Bb3") == 58
     assert midi_of("rest") is None
     assert duration_token(1) == "1.0" and duration_token(0.5) == "0.5"
-    assert duration_token(music.Fraction(1, 3)) == "1/3"
+    assert duration_token(Fraction(1, 3)) == "1/3"
     assert parse_prompt("G4:1 Bb3:0.5 rest F#4:1/3 G:major 3/4TS") == [
         ("G4", "1.0"), ("B-3", "0.5"), ("rest", "1.0"), ("F#4", "1/3"), ("G:major", "0.0"),
         ("3/4TS", "0.0")]
