@@ -12,7 +12,7 @@ from genzoo.cli import cli
 from genzoo.core.data import ImageData
 from genzoo.core.sample import ImageSample
 from genzoo.errors import ConfigError
-from genzoo.plugins import latent
+from genzoo.nn import latent
 from genzoo.plugins.diffusion import (SCHEDULES, DDIMSampler, DDPMSampler, DiffusionConfig,
                                       DiffusionModel, diffusion_schedule, level_sequence,
                                       reverse_diffusion, sinusoidal_embedding)

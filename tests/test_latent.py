@@ -1,4 +1,4 @@
-"""genzoo.plugins.latent: interpolation, attribute vectors, PCA, grids, and the latent protocol on a
+"""genzoo.nn.latent: interpolation, attribute vectors, PCA, grids, and the latent protocol on a
 model without an encoder (as a GAN's generator is)."""
 import math
 from dataclasses import dataclass
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from genzoo.plugins import latent
+from genzoo.nn import latent
 from genzoo.core.data import ImageData
 from genzoo.core.model import Model
 from genzoo.errors import ConfigError, DataError

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import genzoo
 from genzoo.cli import cli
-from genzoo.plugins import latent
+from genzoo.nn import latent
 from genzoo.core.data import DataConfig, load
 from genzoo.errors import ConfigError
 from genzoo.plugins.vae import (Autoencoder, AutoencoderConfig, VAE, VAEConfig,

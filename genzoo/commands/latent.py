@@ -1,4 +1,4 @@
-"""``zoo reconstruct / interpolate / latent-plot / attribute``: genzoo.plugins.latent's tools on a
+"""``zoo reconstruct / interpolate / latent-plot / attribute``: genzoo.nn.latent's tools on a
 trained RUN of any latent family (autoencoder, VAE, GAN). Grids and plots are written as PNGs.
 
 Only click is imported here; torch and the run's family load inside the commands.
@@ -83,7 +83,7 @@ def reconstruct(run: str, n: int, data_name: str | None, split: str, sets: tuple
       zoo reconstruct runs/vae-faces-20261125-101500 --data folder:~/faces --n 32
     """
     from genzoo import api
-    from genzoo.plugins import latent
+    from genzoo.nn import latent
     if n < 1:
         raise click.BadParameter("must be >= 1", param_hint="--n")
     loaded = _load(run, device, no_ema)
@@ -126,7 +126,7 @@ def interpolate(run: str, pairs: int, steps: int, method: str, from_prior: bool,
     """
     import torch
     from genzoo import api
-    from genzoo.plugins import latent
+    from genzoo.nn import latent
     if pairs < 1:
         raise click.BadParameter("must be >= 1", param_hint="--pairs")
     if steps < 2:
@@ -171,7 +171,7 @@ def latent_plot(run: str, limit: int, color_by: str | None, data_name: str | Non
       zoo latent-plot runs/vae-fashion-20261125-101500
       zoo latent-plot runs/vae-faces-20261125-101500 --color-by "Smileys & Emotion"
     """
-    from genzoo.plugins import latent
+    from genzoo.nn import latent
     loaded = _load(run, device, no_ema)
     latent.require_encoder(loaded.model, _what(loaded, "latent-plot"))
     data = _data(loaded, data_name, sets, split)
@@ -217,7 +217,7 @@ def attribute(run: str, attribute: str, scales: str, n: int, limit: int, unit: b
     """
     import re
     from genzoo import api
-    from genzoo.plugins import latent
+    from genzoo.nn import latent
     factors = latent.parse_scales(scales)
     loaded = _load(run, device, no_ema)
     model = loaded.model

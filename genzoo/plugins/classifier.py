@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genzoo.core.model import Model
-from genzoo.core.sampler import Sampler
 from genzoo.errors import ConfigError, DataError
+from genzoo.family import Model, Sampler, batches, gaussian, pyplot, save_figure
 
 
 @dataclass
@@ -113,8 +112,9 @@ class Classifier(Model):
 
     # -- network ------------------------------------------------------------------------------
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] (B, C, H, W) -> the last hidden layer (B, feature_dim): what FID
-        and KID compare."""
+        """Images in [0, 1], (n, C, H, W) -> a feature vector per image, (n, D) with
+        D = ``feature_dim``: the last hidden layer, which FID and KID compare (``Model.features``,
+        the capability ``zoo eval --features RUN`` looks for)."""
         return self.body(x * 2 - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,7 +137,6 @@ class Classifier(Model):
     @torch.no_grad()
     def predict(self, data: Any, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """(true labels, predicted labels) over a split, in eval mode."""
-        from genzoo.core.runner import batches
         was = self.training
         self.eval()
         ys, ps = [], []
@@ -168,7 +167,6 @@ class Classifier(Model):
 
 
 def write_confusion(cm: torch.Tensor, names: list[str], path: Path, accuracy: float) -> Path:
-    from genzoo.core.plots import pyplot, save_figure
     plt = pyplot()
     k = len(names)
     rows = cm.float() / cm.sum(1, keepdim=True).clamp_min(1)
@@ -232,8 +230,8 @@ class DreamSampler(Sampler):
         k = model.config.num_classes
         y = torch.full((n,), int(label)) if label is not None else torch.arange(n) % k
         y = y.to(model.device)
-        noise = torch.randn(n, *model.image_shape(), generator=generator, device=generator.device)
-        pixels = (0.1 * noise).to(model.device).requires_grad_(True)  # logits of the pixels
+        noise = gaussian(generator, (n, *model.image_shape()), model.device)
+        pixels = (0.1 * noise).requires_grad_(True)  # logits of the pixels
         opt = torch.optim.Adam([pixels], lr=o.lr)
         for _ in range(o.steps):
             x = torch.sigmoid(pixels)

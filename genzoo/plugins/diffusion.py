@@ -24,7 +24,7 @@ the book's Keras model uses) and ``create_conv2d`` (``padding="same"``, Keras' p
 einops broadcasts the noise embedding over the image and lays out the reverse-process grid.
 timm has no diffusion U-Net: the blocks follow the book's code.
 
-The latent protocol of ``genzoo.plugins.latent``: the latent of an image is the initial noise map
+The latent protocol of ``genzoo.nn.latent``: the latent of an image is the initial noise map
 (flattened to ``latent_dim`` = C*H*W numbers) and ``decode`` is deterministic DDIM, so
 ``zoo interpolate RUN --method spherical`` morphs between two noise maps (the book's figure).
 """
@@ -40,10 +40,8 @@ from einops import rearrange, repeat
 from timm.layers import create_conv2d, get_act_layer
 from torch import nn
 
-from genzoo.core.model import Model
-from genzoo.core.sample import ImageSample
-from genzoo.core.sampler import Sampler
 from genzoo.errors import ConfigError
+from genzoo.family import ImageSample, Model, Sampler, gaussian
 
 Schedule = Literal["offset_cosine", "cosine", "linear"]
 SCHEDULES = ("offset_cosine", "cosine", "linear")
@@ -315,7 +313,7 @@ class DiffusionModel(Model):
         return {"loss": mae if self.config.loss == "mae" else mse,
                 "mae": mae.detach(), "mse": mse.detach()}
 
-    # -- latent protocol (genzoo.plugins.latent) -----------------------------------------------
+    # -- latent protocol (genzoo.nn.latent) ----------------------------------------------------
     @property
     def latent_dim(self) -> int:
         c, h, w = self.image_shape()
@@ -324,8 +322,7 @@ class DiffusionModel(Model):
     def sample_latent(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Initial noise maps, flattened: drawn on the generator's device (the CPU), so a seed
         gives the same maps on every device."""
-        z = torch.randn(n, self.latent_dim, generator=generator, device=generator.device)
-        return z.to(self.data_mean.device)
+        return gaussian(generator, (n, self.latent_dim), self.data_mean.device)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -357,6 +354,9 @@ def reverse_diffusion(model: DiffusionModel, noise: torch.Tensor, steps: int, et
           mean (s' beta / n^2) x0_hat + (sqrt(alpha) n'^2 / n^2) x_t and variance (n'^2 / n^2) beta,
           alpha = (s / s')^2, beta = 1 - alpha: the same distribution as DDIM with eta = 1.
     The last step returns x0_hat itself (diffusers' ``set_alpha_to_one``; the book's return)."""
+    if (ancestral or eta > 0) and generator is None:
+        # fresh noise comes only from the caller's generator: a seed must name the samples
+        raise ValueError("a stochastic reverse process (eta > 0 or ancestral) needs a generator")
     T = model.schedule_length
     levels = level_sequence(T, steps)
     x = noise
@@ -378,21 +378,16 @@ def reverse_diffusion(model: DiffusionModel, noise: torch.Tensor, steps: int, et
             if ancestral:
                 beta = 1 - alpha
                 mean = (s2 * beta / n ** 2) * pred_images + (alpha.sqrt() * n2 ** 2 / n ** 2) * x
-                x = mean + _gaussian(x, generator) * ((n2 ** 2 / n ** 2) * beta).sqrt()
+                eps = gaussian(generator, x.shape, x.device, x.dtype)
+                x = mean + eps * ((n2 ** 2 / n ** 2) * beta).sqrt()
             else:
                 sigma = eta * (n2 / n) * (1 - alpha).clamp_min(0).sqrt()
                 x = s2 * pred_images + (n2 ** 2 - sigma ** 2).clamp_min(0).sqrt() * pred_noise
                 if eta > 0:
-                    x = x + sigma * _gaussian(x, generator)
+                    x = x + sigma * gaussian(generator, x.shape, x.device, x.dtype)
         if k + 1 in keep:
             snapshots.append(x)
     return pred_images if steps else x, snapshots
-
-
-def _gaussian(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """N(0, I) drawn on the generator's device (CPU), so seeds agree across devices."""
-    dev = generator.device if generator is not None else like.device
-    return torch.randn(like.shape, generator=generator, device=dev).to(like.device, like.dtype)
 
 
 @dataclass

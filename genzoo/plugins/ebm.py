@@ -18,9 +18,7 @@ genzoo reports energies E = -score, so real data should sit *below* noise.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,10 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genzoo.core.model import Model
-from genzoo.core.sample import ImageSample
-from genzoo.core.sampler import Sampler
 from genzoo.errors import ConfigError
+from genzoo.family import ImageSample, Model, Sampler, frozen, gaussian
 
 
 @dataclass
@@ -80,28 +76,8 @@ def check_langevin(steps: int, step_size: float, noise: float, grad_clip: float 
         raise ValueError(f"{names[3]} must be > 0 (or none), got {grad_clip}")
 
 
-def randn(shape: Any, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Gaussian noise drawn on the generator's device (the CPU) and moved: same draws everywhere."""
-    return torch.randn(shape, generator=generator, device=generator.device).to(device)
-
-
 def uniform_images(shape: Any, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     return (torch.rand(shape, generator=generator, device=generator.device) * 2 - 1).to(device)
-
-
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Parameters stop requiring grad (so Langevin builds no graph through them and leaves no
-    .grad behind); input gradients stay on."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        with torch.enable_grad():
-            yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 def langevin(score: Any, x: torch.Tensor, steps: int, step_size: float, noise: float,
@@ -113,7 +89,7 @@ def langevin(score: Any, x: torch.Tensor, steps: int, step_size: float, noise: f
     x = x.detach().clone()
     frames = [x.clone()] if record and 0 in record else []
     for t in range(1, steps + 1):
-        x = (x + noise * randn(x.shape, generator, x.device)).clamp_(-1, 1)
+        x = (x + noise * gaussian(generator, x.shape, x.device)).clamp_(-1, 1)
         x.requires_grad_(True)
         (grad,) = torch.autograd.grad(score(x).sum(), x)
         if grad_clip is not None:
@@ -156,25 +132,6 @@ class EBM(Model):
         # seeded from the run's seed (the trainer seeds torch before building the model)
         self.generator.manual_seed(int(torch.randint(0, 2**62, (1,))))
 
-    # -- run artifacts: the buffer and the generator behind it -------------------------------
-    def artifacts(self) -> dict[str, Any]:
-        return {"replay": self.replay[:self.replay_count],
-                "replay_state": torch.tensor([self.replay_count, self.replay_head]),
-                "replay_rng": self.generator.get_state()}
-
-    def load_artifacts(self, artifacts: dict[str, Any]) -> None:
-        if "replay_state" not in artifacts:
-            return  # a run saved before training started
-        count, head = (int(v) for v in artifacts["replay_state"])
-        replay = artifacts["replay"]
-        if count > self.config.buffer_size or replay.shape[0] != count \
-                or tuple(replay.shape[1:]) != tuple(self.replay.shape[1:]):
-            raise ValueError(f"replay buffer of shape {tuple(replay.shape)} does not fit "
-                             f"{tuple(self.replay.shape)}")
-        self.replay[:count] = replay.to(self.replay.device, self.replay.dtype)
-        self.replay_count, self.replay_head = count, head
-        self.generator.set_state(artifacts["replay_rng"].to(torch.uint8))
-
     # -- network -----------------------------------------------------------------------------
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (B, C, H, W) -> score (B,) = -energy."""
@@ -195,7 +152,10 @@ class EBM(Model):
                      record: set[int] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Langevin from `x` with the config's settings, parameters frozen (no grads left)."""
         c = self.config
-        with frozen(self), torch.autocast(x.device.type, enabled=False):
+        # frozen: Langevin builds no graph through the weights and leaves no .grad behind;
+        # enable_grad: it needs the input gradient even when called under no_grad (evaluation);
+        # autocast off: the chain runs in fp32 whatever precision the training step uses
+        with frozen(self), torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
             return langevin(self.score, x, steps or c.langevin_steps, c.step_size,
                             c.langevin_noise, c.langevin_clip, generator or self.generator, record)
 
@@ -231,7 +191,7 @@ class EBM(Model):
 
     def real_images(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         real = self.to_model(batch["x"])
-        noise = self.config.data_noise * randn(real.shape, self.generator, real.device)
+        noise = self.config.data_noise * gaussian(self.generator, real.shape, real.device)
         return (real + noise).clamp(-1, 1)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -261,6 +221,25 @@ class EBM(Model):
         out["energy_noise"] = e_noise
         out["energy_gap_noise"] = e_noise - out["energy_real"]
         return out
+
+    # -- run artifacts: the buffer and the generator behind it -------------------------------
+    def artifacts(self) -> dict[str, Any]:
+        return {"replay": self.replay[:self.replay_count],
+                "replay_state": torch.tensor([self.replay_count, self.replay_head]),
+                "replay_rng": self.generator.get_state()}
+
+    def load_artifacts(self, artifacts: dict[str, Any]) -> None:
+        if "replay_state" not in artifacts:
+            return  # a run saved before training started
+        count, head = (int(v) for v in artifacts["replay_state"])
+        replay = artifacts["replay"]
+        if count > self.config.buffer_size or replay.shape[0] != count \
+                or tuple(replay.shape[1:]) != tuple(self.replay.shape[1:]):
+            raise ValueError(f"replay buffer of shape {tuple(replay.shape)} does not fit "
+                             f"{tuple(self.replay.shape)}")
+        self.replay[:count] = replay.to(self.replay.device, self.replay.dtype)
+        self.replay_count, self.replay_head = count, head
+        self.generator.set_state(artifacts["replay_rng"].to(torch.uint8))
 
 
 # -- sampler ---------------------------------------------------------------------------------

@@ -30,11 +30,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from genzoo.core.model import Model
-from genzoo.core.sample import PointSample, Sample
-from genzoo.core.plots import pyplot, save_figure
-from genzoo.core.sampler import Sampler
 from genzoo.errors import ConfigError
+from genzoo.family import Model, PointSample, Sample, Sampler, gaussian, pyplot, save_figure
 
 REFERENCE_POINTS = 2000  # training points kept with the run, for the data -> latent view
 
@@ -174,7 +171,7 @@ class RealNVP(Model):
         return axis, logp.float().cpu().reshape(grid, grid)
 
 
-# -- samples this family shows, and their writers ---------------------------------------------
+# -- samples this family shows (written by the writers at the end) ---------------------------
 
 @dataclass
 class PointMap(Sample):
@@ -207,46 +204,6 @@ class DensityMap(Sample):
         """Trapezoid integral of exp(log p) over the box: close to 1 when the box holds the mass."""
         p = self.log_density.double().exp()
         return float(torch.trapezoid(torch.trapezoid(p, self.axis.double(), dim=1), self.axis.double()))
-
-
-def _figure(ncols: int) -> Any:
-    plt = pyplot()
-    fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 5.5))
-    return plt, fig, axes
-
-
-def _save(plt: Any, fig: Any, stem: Path) -> list[Path]:
-    fig.tight_layout()
-    return [save_figure(fig, f"{stem}.png")]
-
-
-def write_point_map(sample: PointMap, stem: Path, reference: Any = None) -> list[Path]:
-    """Two scatters; each point has the colour of its source's first coordinate, so one can follow
-    where every part of the source lands."""
-    plt, fig, axes = _figure(2)
-    src, dst = sample.source.float().cpu().numpy(), sample.target.float().cpu().numpy()
-    colour = src[:, 0]
-    for ax, pts, title, name in zip(axes, (src, dst), sample.titles, ("1", "2")):
-        ax.scatter(pts[:, 0], pts[:, 1], s=3, c=colour, cmap="viridis", alpha=0.8)
-        ax.set_title(title)
-        ax.set_aspect("equal", adjustable="datalim")
-        ax.grid(alpha=0.3)
-    return _save(plt, fig, stem)
-
-
-def write_density(sample: DensityMap, stem: Path, reference: Any = None) -> list[Path]:
-    """Heat map of exp(log p) with a colour bar; the title gives the mass inside the box."""
-    plt, fig, ax = _figure(1)
-    a = sample.axis.float()
-    lo, hi = float(a[0]), float(a[-1])
-    im = ax.imshow(sample.log_density.float().exp().numpy(), origin="lower", extent=(lo, hi, lo, hi),
-                   cmap="magma", interpolation="bilinear")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="density")
-    if sample.points is not None:
-        pts = sample.points.float().cpu().numpy()
-        ax.scatter(pts[:, 0], pts[:, 1], s=1, c="white", alpha=0.25)
-    ax.set_title(f"{sample.title}  (mass in box: {sample.mass():.3f})")
-    return _save(plt, fig, stem)
 
 
 # -- sampling -----------------------------------------------------------------------------------
@@ -288,8 +245,7 @@ class InverseSampler(Sampler):
                show: tuple[str, ...] = ()) -> PointSample:
         o = self.options
         # CPU-drawn noise, moved: the same seed gives the same points on every device
-        z = torch.randn(n, model.config.dim, generator=generator, device=generator.device)
-        z = (z * o.temperature).to(model.device)
+        z = gaussian(generator, (n, model.config.dim), model.device) * o.temperature
         x = model.inverse(z)
         title = "samples" if o.temperature == 1 else f"samples (T={o.temperature:g})"
         out = PointSample(x.float().cpu(), title=title)
@@ -305,3 +261,45 @@ class InverseSampler(Sampler):
             axis, logp = model.density_grid(o.grid, o.extent)
             out.extras["density"] = DensityMap(axis, logp, title="learned density p(x)")
         return out
+
+
+# -- writers: registry.yaml maps the sample kinds above to these ---------------------------
+
+def _figure(ncols: int) -> Any:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 5.5))
+    return plt, fig, axes
+
+
+def _save(plt: Any, fig: Any, stem: Path) -> list[Path]:
+    fig.tight_layout()
+    return [save_figure(fig, f"{stem}.png")]
+
+
+def write_point_map(sample: PointMap, stem: Path, reference: Any = None) -> list[Path]:
+    """Two scatters; each point has the colour of its source's first coordinate, so one can follow
+    where every part of the source lands."""
+    plt, fig, axes = _figure(2)
+    src, dst = sample.source.float().cpu().numpy(), sample.target.float().cpu().numpy()
+    colour = src[:, 0]
+    for ax, pts, title, name in zip(axes, (src, dst), sample.titles, ("1", "2")):
+        ax.scatter(pts[:, 0], pts[:, 1], s=3, c=colour, cmap="viridis", alpha=0.8)
+        ax.set_title(title)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.grid(alpha=0.3)
+    return _save(plt, fig, stem)
+
+
+def write_density(sample: DensityMap, stem: Path, reference: Any = None) -> list[Path]:
+    """Heat map of exp(log p) with a colour bar; the title gives the mass inside the box."""
+    plt, fig, ax = _figure(1)
+    a = sample.axis.float()
+    lo, hi = float(a[0]), float(a[-1])
+    im = ax.imshow(sample.log_density.float().exp().numpy(), origin="lower", extent=(lo, hi, lo, hi),
+                   cmap="magma", interpolation="bilinear")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="density")
+    if sample.points is not None:
+        pts = sample.points.float().cpu().numpy()
+        ax.scatter(pts[:, 0], pts[:, 1], s=1, c="white", alpha=0.25)
+    ax.set_title(f"{sample.title}  (mass in box: {sample.mass():.3f})")
+    return _save(plt, fig, stem)

@@ -7,7 +7,7 @@ sample z = mu + sigma * eps (the reparameterisation trick keeps that sample diff
 pays KL(q(z|x) || N(0, I)) for straying from the prior, so that decoding z ~ N(0, I) gives
 images: the prior becomes a sampler.
 
-Both families implement the latent protocol of ``genzoo.plugins.latent`` (``latent_dim``,
+Both families implement the latent protocol of ``genzoo.nn.latent`` (``latent_dim``,
 ``encode``, ``decode``, ``sample_latent``), so ``zoo reconstruct / interpolate / latent-plot /
 attribute`` and the ``prior`` sampler work on them as they will on GANs. Both also keep running
 moments of their training embeddings: the autoencoder, having no prior, samples from that
@@ -33,10 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genzoo.plugins import latent
-from genzoo.core.model import Model
-from genzoo.core.sampler import Sampler
 from genzoo.errors import ConfigError
+from genzoo.family import Model, Sampler, gaussian
+from genzoo.nn import latent
 
 
 @dataclass
@@ -200,8 +199,8 @@ class _ConvLatentModel(Model):
         cov = self.embed_moment2.double() - torch.outer(mean, mean)
         cov = (cov + cov.T) / 2 + 1e-6 * torch.eye(len(mean), dtype=cov.dtype, device=cov.device)
         scale = torch.linalg.cholesky(cov).float()
-        eps = torch.randn(n, self.latent_dim, generator=generator, device=generator.device)
-        return self.embed_mean + eps.to(self.embed_mean.device) @ scale.T
+        eps = gaussian(generator, (n, self.latent_dim), self.embed_mean.device)
+        return self.embed_mean + eps @ scale.T
 
 
 # -- autoencoder ------------------------------------------------------------------------------
@@ -252,8 +251,7 @@ class VAE(_ConvLatentModel):
 
     def sample_latent(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """z ~ N(0, I), the prior."""
-        eps = torch.randn(n, self.latent_dim, generator=generator, device=generator.device)
-        return eps.to(self.device)
+        return gaussian(generator, (n, self.latent_dim), self.device)
 
     @property
     def sigma(self) -> float:

@@ -1,6 +1,7 @@
-"""Latent-space tools shared by every latent family: autoencoders, VAEs, GANs.
+"""The latent protocol, and the tools built on it, shared by every latent family: autoencoders,
+VAEs, GANs, and diffusion models (whose latent is the initial noise map).
 
-The latent protocol: what a model provides for these tools to work on it.
+What a model provides for these tools to work on it:
 
     latent_dim: int                      size of a latent point z
     decode(z) -> images                  z (n, latent_dim) -> floats in [0, 1], (n, C, H, W)
@@ -15,12 +16,17 @@ The latent protocol: what a model provides for these tools to work on it.
     prior_mean: tensor (latent_dim,)     the point ``temperature`` scales about (default 0)
     image_shape() -> (C, H, W)           inputs are checked against it (one-line DataError)
 
+A family implements the protocol on its Model and registers ``PriorSampler`` (or a sampler of
+its own built on ``sample_latent`` / ``decode``); ``zoo reconstruct / interpolate / latent-plot /
+attribute`` then work on its runs.
+
 Everything here runs under ``torch.no_grad`` in eval mode (batch norm uses running statistics)
 and returns CPU tensors. Randomness only comes from the ``torch.Generator`` passed in.
 """
 from __future__ import annotations
 
 import contextlib
+import difflib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,9 +35,24 @@ from typing import Any, Literal
 
 import torch
 
-from genzoo.core.data import to_float
-from genzoo.core.sampler import Sampler
 from genzoo.errors import ConfigError, DataError
+from genzoo.family import Sampler, pyplot, save_figure, to_float
+
+__all__ = [
+    # the protocol
+    "is_latent_model", "has_encoder", "require_latent", "require_encoder", "check_images",
+    "evaluating",
+    # encode / decode / the prior
+    "encode", "decode", "reconstruct", "sample_latent", "PriorOptions", "PriorSampler",
+    # interpolation
+    "lerp", "slerp", "interpolate", "endpoints", "interpolation_grid",
+    # reconstructions
+    "reconstruction_grid", "reconstruction_error",
+    # attribute vectors
+    "attribute_mask", "attribute_vector", "attribute_grid", "parse_scales",
+    # 2-D views
+    "project_2d", "latent_scatter",
+]
 
 Method = Literal["linear", "spherical"]
 
@@ -39,20 +60,24 @@ Method = Literal["linear", "spherical"]
 # -- protocol checks --------------------------------------------------------------------------
 
 def is_latent_model(model: Any) -> bool:
+    """True if `model` offers the protocol's required part: latent_dim, decode, sample_latent."""
     return all(hasattr(model, a) for a in ("latent_dim", "decode", "sample_latent"))
 
 
 def has_encoder(model: Any) -> bool:
+    """True if `model` can map images to latents (autoencoders, VAEs; not a GAN's generator)."""
     return callable(getattr(model, "encode", None))
 
 
 def require_latent(model: Any, what: str = "this") -> None:
+    """A one-line ConfigError naming `what` (a command) unless `model` has a latent space."""
     if not is_latent_model(model):
         raise ConfigError(f"{what} needs a latent-variable model (autoencoder, VAE, GAN); "
                           f"{type(model).__name__} has no latent space")
 
 
 def require_encoder(model: Any, what: str = "this") -> None:
+    """A one-line ConfigError, with what to use instead, unless `model` has an encoder."""
     require_latent(model, what)
     if not has_encoder(model):
         raise ConfigError(f"{what} needs an encoder, and {type(model).__name__} has none (a "
@@ -61,6 +86,8 @@ def require_encoder(model: Any, what: str = "this") -> None:
 
 
 def check_images(model: Any, x: torch.Tensor) -> None:
+    """A one-line DataError unless `x` is a batch (n, C, H, W) of the model's ``image_shape()``
+    (when it declares one): a wrong size names the size the run was trained at."""
     shape = getattr(model, "image_shape", None)
     if x.ndim != 4:
         raise DataError(f"expected a batch of images (n, C, H, W), got shape {tuple(x.shape)}")
@@ -73,7 +100,8 @@ def check_images(model: Any, x: torch.Tensor) -> None:
 
 @contextlib.contextmanager
 def evaluating(model: Any) -> Iterator[None]:
-    """no_grad + eval mode, restoring the model's mode afterwards."""
+    """no_grad + eval mode, restoring the model's mode afterwards: batch norm must use its
+    running statistics, and a decode inside a training loop must not leave the model in eval."""
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
@@ -142,6 +170,8 @@ def sample_latent(model: Any, n: int, generator: torch.Generator,
 
 @dataclass
 class PriorOptions:
+    """Options of the prior samplers (``zoo sample --set temperature=0.7``)."""
+
     temperature: float = 1.0  # scales z about the prior's centre before decoding
 
     def __post_init__(self) -> None:
@@ -272,7 +302,6 @@ def attribute_mask(data: Any, name: str) -> torch.Tensor:
     if name not in names:
         folded = [n for n in names if n.lower() == name.lower()]
         if len(folded) != 1:
-            import difflib
             close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise DataError(f"unknown attribute {name!r}{hint}; available: {', '.join(names)}")
@@ -332,9 +361,7 @@ def project_2d(z: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
 def latent_scatter(z: torch.Tensor, path: str | Path, labels: torch.Tensor | None = None,
                    classes: Sequence[str] = (), title: str = "") -> Path:
     """2-D scatter of latents (PCA'd when d > 2), coloured by label, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     xy, explained = project_2d(z)
     pca = z.shape[1] > 2
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
@@ -357,11 +384,7 @@ def latent_scatter(z: torch.Tensor, path: str | Path, labels: torch.Tensor | Non
     ax.set_title(title or (f"latent space ({z.shape[1]}-d, PCA)" if pca else "latent space"))
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)  # atomic: an interrupted plot never leaves half a PNG
 
 
 def parse_scales(text: str) -> list[float]:
