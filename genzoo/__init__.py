@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from genzoo._version import __version__
 from genzoo.core.plugins import hookimpl
 from genzoo.errors import GenzooError
-
-__version__ = "0.1.0"
 
 __all__ = ["hookimpl", "GenzooError", "list_models", "create_model", "train", "resume",
            "load_run", "registry", "Model", "Sampler", "ModelConfig", "SamplerOptions",

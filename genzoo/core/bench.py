@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from genzoo.core.trainer import StepContext, TrainConfig, Trainer, pick_device
+from genzoo.core.train_config import StepContext, TrainConfig, pick_device
+from genzoo.core.trainer import Trainer
 
 
 def _sync(device: torch.device) -> None:

@@ -236,9 +236,6 @@ def split_index(n: int, split: str, fraction: float) -> Any:
 def load_embedded(entry: Any, cfg: DataConfig, split: str) -> Any:
     import numpy as np
     import torch
-    if entry.modality == "text":  # older entries: an embedded corpus, read by the text loader
-        from genzoo.core.text import load_text
-        return load_text(entry, cfg, split)
     ref = resources.files("genzoo.data").joinpath(entry.location)
     with ref.open("rb") as f:
         arrays = np.load(io.BytesIO(f.read()), allow_pickle=False)
@@ -284,9 +281,6 @@ def load_torchvision(entry: Any, cfg: DataConfig, split: str) -> ImageData:
 
 def load_kaggle(entry: Any, cfg: DataConfig, split: str) -> Any:
     from genzoo.core import kaggle
-    if entry.modality == "text":
-        from genzoo.core.text import load_text
-        return load_text(entry, cfg, split)
     folder = kaggle.download(entry.location, data_root(cfg.root)) if cfg.download else \
         kaggle.dataset_dir(entry.location, data_root(cfg.root))
     if not folder.exists():
@@ -460,13 +454,9 @@ def _decode_to_cache(files: list[Path], cache: Path, size: Any, mode: str, folde
 
 def _decode_progress(total: int, folder: Path) -> Any:
     import sys
-    if total < 2000 or not sys.stderr.isatty():
-        from genzoo.core.trainer import _NullProgress
-        return _NullProgress()
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    return Progress(TextColumn(f"decoding {folder.name}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+
+    from genzoo.core.progress import count_bar
+    return count_bar(f"decoding {folder.name}", total >= 2000 and sys.stderr.isatty())
 
 
 class _file_lock:

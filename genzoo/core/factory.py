@@ -14,7 +14,7 @@ from typing import Any
 from genzoo.core import config as configlib
 from genzoo.core.data import DataConfig
 from genzoo.core.registry import FamilyEntry, ModelEntry, SECTIONS, registry
-from genzoo.core.trainer import TrainConfig, validate_train
+from genzoo.core.train_config import TrainConfig, validate_train
 from genzoo.errors import ConfigError
 
 SECTION_CLASSES = {"train": TrainConfig, "data": DataConfig}
@@ -148,5 +148,5 @@ def create_model(name: str, preset: str = "quick", **overrides: Any) -> Any:
 
 def versions() -> dict[str, str]:
     import torch
-    from genzoo import __version__
+    from genzoo._version import __version__
     return {"genzoo": __version__, "torch": torch.__version__, "python": platform.python_version()}

@@ -15,7 +15,7 @@ from torch import nn
 from genzoo.core import config as configlib
 
 if TYPE_CHECKING:
-    from genzoo.core.trainer import StepContext, TrainConfig
+    from genzoo.core.train_config import StepContext, TrainConfig
 
 
 def fused_adam_ok(params: list[torch.Tensor]) -> bool | None:

@@ -23,7 +23,8 @@ from genzoo.core.data import load as load_data
 from genzoo.core.factory import Plan, build_model, plan, versions
 from genzoo.core.registry import FamilyEntry, registry
 from genzoo.core.sampler import draw
-from genzoo.core.trainer import TrainConfig, Trainer, pick_device, validate_train
+from genzoo.core.train_config import TrainConfig, pick_device, validate_train
+from genzoo.core.trainer import Trainer
 from genzoo.errors import CheckpointError, ConfigError, GenzooError
 
 
