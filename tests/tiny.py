@@ -36,6 +36,10 @@ TINY: dict[str, dict[str, Any]] = {
                     "train.lr": 0.005, "train.log_every": 10},
 }
 TINY["wgan-gp"] = TINY["dcgan"]
+TINY["autoencoder"] = TINY["vae-fashion"]  # the same encoder and decoder, without the KL
+TINY["ddm"] = {"model.widths": "[8,16]", "model.block_depth": 1, "model.embedding_dim": 8,
+               "data.size": 16, "data.limit": 64, "train.batch_size": 8, "train.sample_n": 2,
+               "train.log_every": 1}
 
 
 def tiny(name: str, steps: int | None = None, **extra: Any) -> dict[str, Any]:
