@@ -21,13 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genzoo.core.model import Model
-from genzoo.core.sample import TextSample
-from genzoo.core.graphs import StepGraph
-from genzoo.core.sampler import (Sampler, TokenOptions, apply_temperature_top_k, categorical,
-                                categorical_from_uniform, uniforms)
 from genzoo.errors import ConfigError
-from genzoo.nn.transformer import Block, KVCache, causal_mask  # noqa: F401
+from genzoo.family import (Model, Sampler, StepGraph, TextSample, Tokenizer, TokenOptions,
+                           categorical, uniforms)
+from genzoo.nn.attention_view import AttentionRow, attention_map, attention_text
+from genzoo.nn.autoregressive import TokenSteps, generate, run_token_steps, window_start
+from genzoo.nn.transformer import Block, KVCache
 
 IGNORE = -100  # cross_entropy's ignore_index
 
@@ -137,7 +136,6 @@ class GPT(Model):
         return out
 
     def load_artifacts(self, artifacts: dict[str, Any]) -> None:
-        from genzoo.core.text import Tokenizer
         if "tokenizer" in artifacts:
             self.tokenizer = Tokenizer.from_json(artifacts["tokenizer"])
         if "start_counts" in artifacts:
@@ -208,6 +206,11 @@ class GPT(Model):
             n -= self.token_embedding.weight.numel()
         return 6 * n + 12 * c.layers * c.heads * c.head_dim * T
 
+    def flops(self, batch: dict[str, torch.Tensor]) -> int:
+        """Training FLOPs of a step on token rows (B, T + 1): B * T tokens of T positions."""
+        B, T = batch["x"].shape[0], batch["x"].shape[1] - 1
+        return self.flops_per_token(T) * T * B
+
 
 def _drop_tied_head(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
     state_dict.pop(prefix + "head.weight", None)
@@ -268,11 +271,8 @@ class CachedSampler(Sampler):
             logits = counts.log() if counts.sum() > 0 else torch.zeros(c.vocab, device=dev)
             ids = categorical(logits.expand(n, -1), generator)[:, None].to(dev)
         want_attn = "attention" in show
-        # attn_rows: (absolute position of the new token, window start, weights (H, T))
-        if self.use_cache:
-            seq, attn_rows = self.walk(model, ids, generator, want_attn)
-        else:
-            seq, attn_rows = self.rerun(model, ids, generator, want_attn)
+        run = self.walk if self.use_cache else self.rerun
+        seq, attn_rows = run(model, ids, generator, want_attn)
         rows = seq.tolist()
         tok = model.tokenizer
         texts = [tok.decode(r) if tok else " ".join(map(str, r)) for r in rows]
@@ -286,84 +286,73 @@ class CachedSampler(Sampler):
         return out
 
     def rerun(self, model: GPT, seq: torch.Tensor, generator: torch.Generator,
-              want_attn: bool) -> tuple[torch.Tensor, list[tuple[int, int, torch.Tensor]]]:
+              want_attn: bool) -> tuple[torch.Tensor, list[AttentionRow]]:
         """nanoGPT's ``generate``: the whole window through the network for every token."""
         o, c = self.options, model.config
-        keep = max(1, c.context // 2)
-        attn_rows = []
-        done = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
-        start = 0  # the window is seq[:, start:]
-        for _ in range(o.max_new_tokens):
-            if seq.shape[1] - start > c.context:  # full: keep the last half
-                start = seq.shape[1] - keep
+        attn_rows, start = [], 0  # the window is seq[:, start:]
+
+        def next_logits(seq: torch.Tensor) -> torch.Tensor:
+            nonlocal start
+            start = window_start(seq.shape[1], start, c.context)
             logits, w = model(seq[:, start:], None, 0, want_attn)
-            logits = apply_temperature_top_k(logits[:, -1].float(), o.temperature, o.top_k)
-            nxt = categorical(logits, generator)
-            if c.pad_id is not None:  # after the end-of-text token, only padding
-                nxt = nxt.masked_fill(done, c.pad_id)
-                done |= nxt == c.pad_id
             if want_attn:
                 attn_rows.append((seq.shape[1], start, w[-1][0, :, -1].cpu()))
-            seq = torch.cat([seq, nxt[:, None]], 1)
-            if bool(done.all()):
-                break
+            return logits[:, -1]
+        # after the end-of-text token (the pad), only padding
+        seq = generate(seq, next_logits, generator, o.max_new_tokens, o.temperature, o.top_k,
+                       end=c.pad_id)
         return seq, attn_rows
 
     def walk(self, model: GPT, prompt: torch.Tensor, generator: torch.Generator,
-             want_attn: bool) -> tuple[torch.Tensor, list[tuple[int, int, torch.Tensor]]]:
+             want_attn: bool) -> tuple[torch.Tensor, list[AttentionRow]]:
         """KV-cached decoding in the same windows as ``rerun``. Between refills every step is
         the same static step (a CUDA graph on GPUs); the host only counts positions, which it
         knows without reading the device, and looks at ended rows every `check_every` steps."""
         o, c = self.options, model.config
-        T, keep = o.max_new_tokens, max(1, c.context // 2)
-        walk = DecodeWalk(model, prompt, uniforms(generator, (T, prompt.shape[0]), model.device),
-                          o, want_attn)
+        walk = DecodeWalk(model, prompt, uniforms(generator, (o.max_new_tokens, prompt.shape[0]),
+                                                  model.device), o, want_attn)
         runner = StepGraph(walk.step, model.device, o.cuda_graph and not want_attn)
-        length, start, made, checked = prompt.shape[1], 0, 0, 0
-        attn_rows = []
-        while made < T:
-            if made == 0 or length - start > c.context:  # (re)fill the window's caches
-                if made:
-                    start = length - keep
+        length, start, attn_rows = prompt.shape[1], 0, []
+
+        def advance(made: int, most: int) -> int:
+            nonlocal length, start
+            moved = window_start(length, start, c.context)
+            if made == 0 or moved != start:  # (re)fill the window's caches
+                start = moved
                 walk.prefill(start, length)
                 walk.sample_next()
                 steps = 1
             else:  # steps until the window is full again
-                steps = 1 if want_attn else min(self.check_every, T - made,
-                                                 c.context - (length - start) + 1)
+                steps = 1 if want_attn else min(most, c.context - (length - start) + 1)
                 runner.run(steps)
             if want_attn:
                 attn_rows.append((length, start, walk.weights[0, :, -1, :length - start].cpu()))
-            length, made = length + steps, made + steps
-            if c.pad_id is not None and made - checked >= self.check_every:
-                checked = made
-                if bool(walk.done.all()):
-                    break
+            length += steps
+            return steps
+        run_token_steps(advance, o.max_new_tokens, self.check_every,
+                        walk.done if c.pad_id is not None else None)
         return walk.trimmed(length), attn_rows
 
 
-class DecodeWalk:
-    """The cached sampler's state: token rows, next-token logits, static KV caches and the
-    window position ``pos`` on the device. ``step`` feeds the last token and draws the next."""
+class DecodeWalk(TokenSteps):
+    """The cached sampler's state: token rows (``TokenSteps``), next-token logits, static KV
+    caches and the window position ``pos`` on the device. ``step`` feeds the last token and
+    draws the next."""
 
-    def __init__(self, model: GPT, prompt: torch.Tensor, u: torch.Tensor, options: GPTSamplerOptions,
-                 want_attn: bool):
-        n, P = prompt.shape
-        self.model, self.u, self.o, self.want_attn = model, u, options, want_attn
-        self.prompt_len = P
-        self.seq = torch.cat([prompt, prompt.new_zeros(n, u.shape[0])], 1)
+    def __init__(self, model: GPT, prompt: torch.Tensor, u: torch.Tensor,
+                 options: GPTSamplerOptions, want_attn: bool):
+        super().__init__(prompt, u, options.temperature, options.top_k, model.config.pad_id)
+        self.model, self.want_attn = model, want_attn
         self.caches = [KVCache(model.config.context) for _ in model.blocks]
-        self.logits = torch.zeros(n, model.config.vocab, device=prompt.device)
-        self.done = torch.zeros(n, dtype=torch.bool, device=prompt.device)
+        self.logits = torch.zeros(prompt.shape[0], model.config.vocab, device=prompt.device)
         self.pos = torch.zeros(1, dtype=torch.long, device=prompt.device)  # window position fed next
-        self.made = torch.zeros(1, dtype=torch.long, device=prompt.device)  # tokens drawn so far
         self.weights: torch.Tensor | None = None
 
     def prefill(self, start: int, length: int) -> None:
-        """Run the window seq[:, start:length] into fresh caches (host-side positions)."""
+        """Run the window tokens[:, start:length] into fresh caches (host-side positions)."""
         for cache in self.caches:
             cache.reset()
-        logits, w = self.model(self.seq[:, start:length], self.caches, 0, self.want_attn)
+        logits, w = self.model(self.tokens[:, start:length], self.caches, 0, self.want_attn)
         self.logits.copy_(logits[:, -1])
         self.weights = w[-1]
         self.pos.fill_(length - start)
@@ -372,18 +361,10 @@ class DecodeWalk:
 
     def sample_next(self) -> None:
         """Draw the next token from ``logits`` and write it after the last one."""
-        o, pad = self.o, self.model.config.pad_id
-        logits = apply_temperature_top_k(self.logits.float(), o.temperature, o.top_k)
-        nxt = categorical_from_uniform(logits, self.u.index_select(0, self.made))
-        if pad is not None:  # after the end-of-text token, only padding
-            nxt = nxt.masked_fill(self.done, pad)
-            self.done |= nxt == pad
-        self.seq.index_copy_(1, self.made + self.prompt_len, nxt[:, None])
-        self.made.add_(1)
+        self.draw(self.logits)
 
     def step(self) -> None:
-        last = self.seq.index_select(1, self.made + self.prompt_len - 1)[:, 0]
-        logits, w = self.model.decode_step(last, self.caches, self.pos, self.want_attn)
+        logits, w = self.model.decode_step(self.last(), self.caches, self.pos, self.want_attn)
         self.logits.copy_(logits)
         self.weights = w[-1]
         self.pos.add_(1)
@@ -391,7 +372,7 @@ class DecodeWalk:
 
     def trimmed(self, length: int) -> torch.Tensor:
         """The rows up to `length`, or up to where the last row ended (as ``rerun`` stops)."""
-        seq, pad = self.seq[:, :length], self.model.config.pad_id
+        seq, pad = self.tokens[:, :length], self.end
         if pad is not None and bool(self.done.all()):
             ended = (seq[:, self.prompt_len:] == pad).int().argmax(1)  # each row's first pad
             seq = seq[:, :self.prompt_len + int(ended.max()) + 1]
@@ -414,65 +395,3 @@ def encode_prompt(model: GPT, prompt: str) -> list[int]:
     if not ids:
         raise ConfigError(f"prompt {prompt!r} holds no tokens")
     return ids
-
-
-def _tok(tok: Any, i: int) -> str:
-    s = tok.token(i) if tok else str(i)
-    return {"": "<end>", "\n": "\\n", " ": "␣"}.get(s, s)
-
-
-def attention_text(row: list[int], attn_rows: list[tuple[int, int, torch.Tensor]], tok: Any,
-                   prompt_len: int, top: int) -> str:
-    """The book's view: for each new token, the earlier tokens each head attended to most."""
-    heads = attn_rows[0][2].shape[0] if attn_rows else 0
-    lines = [f"attention of sample 0 (last layer, {heads} heads): for each new token, the "
-             f"{top} earlier tokens each head attended to most, with their weights",
-             "prompt: " + " ".join(_tok(tok, i) for i in row[:prompt_len])]
-    for pos, start, w in attn_rows:
-        if pos >= len(row):
-            break
-        parts = []
-        for h in range(w.shape[0]):
-            k = min(top, w.shape[1])
-            vals, idx = w[h].topk(k)
-            parts.append(f"h{h + 1}: " + ", ".join(
-                f"{_tok(tok, row[start + int(j)])} {float(v):.2f}" for v, j in zip(vals, idx)))
-        lines.append(f"{_tok(tok, row[pos])!r:>16} <- " + " | ".join(parts))
-    return "\n".join(lines)
-
-
-def attention_map(row: list[int], attn_rows: list[tuple[int, int, torch.Tensor]], tok: Any,
-                  limit: int = 48) -> Any:
-    """Heat map per head: new tokens (rows) over every token so far (columns), last layer."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import io
-
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from genzoo.core.sample import ImageSample
-    attn_rows = [r for r in attn_rows if r[0] < len(row)][:limit]
-    if not attn_rows:
-        return None
-    heads = attn_rows[0][2].shape[0]
-    width = attn_rows[-1][0]  # columns: every token before the last new one shown
-    mats = np.zeros((heads, len(attn_rows), width))
-    for r, (pos, start, w) in enumerate(attn_rows):
-        mats[:, r, start:start + w.shape[1]] = w.numpy()
-    labels = [_tok(tok, i) for i in row[:width]]
-    fig, axes = plt.subplots(1, heads, figsize=(max(6, 0.22 * width) * heads, 0.22 * len(attn_rows) + 2),
-                             squeeze=False)
-    for h, ax in enumerate(axes[0]):
-        ax.imshow(mats[h], cmap="viridis", aspect="auto", vmin=0, vmax=1)
-        ax.set_title(f"head {h + 1}")
-        ax.set_xticks(range(width), labels, rotation=90, fontsize=6)
-        ax.set_yticks(range(len(attn_rows)), [_tok(tok, row[p]) for p, _, _ in attn_rows], fontsize=6)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    from PIL import Image
-    buf.seek(0)
-    img = torch.from_numpy(np.array(Image.open(buf).convert("RGB"))).permute(2, 0, 1).float() / 255
-    return ImageSample(img[None], nrow=1)

@@ -22,13 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genzoo.core.model import Model
-from genzoo.core.sample import TextSample
-from genzoo.core.graphs import StepGraph
-from genzoo.core.sampler import (Sampler, TokenOptions, apply_temperature_top_k, categorical,
-                                categorical_from_uniform, uniforms)
-from genzoo.core.text import Tokenizer
 from genzoo.errors import ConfigError
+from genzoo.family import (Model, Sampler, StepGraph, TextSample, Tokenizer, TokenOptions,
+                           categorical, uniforms)
+from genzoo.nn.autoregressive import TokenSteps, generate, run_token_steps
 
 
 @dataclass
@@ -101,13 +98,13 @@ class LSTMLanguageModel(Model):
             self.tokenizer = tok
 
     # -- network ------------------------------------------------------------------------------
-    def features(self, ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+    def hidden_states(self, ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
         """Token ids (B, T) -> the top layer's outputs (B, T, hidden) and the state after T."""
         return self.rnn(self.embedding(ids), state)
 
     def forward(self, ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
         """Token ids (B, T) -> next-token logits (B, T, V) and the recurrent state after T."""
-        h, state = self.features(ids, state)
+        h, state = self.hidden_states(ids, state)
         return self.head(h), state
 
     def step(self, ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
@@ -148,7 +145,7 @@ class LSTMLanguageModel(Model):
         projection, most of a step's cost, runs only where a target counts (a third of a
         recipe batch is padding)."""
         inp, tgt, mask = self._targets(batch)
-        h, _ = self.features(inp)
+        h, _ = self.hidden_states(inp)
         logits = self.head(h[mask])
         nll = F.cross_entropy(logits.float(), tgt[mask], reduction="none")
         return nll, mask.nonzero()[:, 0]
@@ -236,41 +233,32 @@ class _TokenSampler(Sampler):
     def rerun(self, model: LSTMLanguageModel, out: torch.Tensor, generator: torch.Generator,
               probs: bool) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """The book's way: the whole prefix through the network for every new token."""
-        o, pad = self.options, model.config.pad_id
-        done = torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)
-        tables = []
-        for _ in range(o.max_new_tokens):
-            logits, _ = model(out)
-            last = apply_temperature_top_k(logits[:, -1].float(), o.temperature, o.top_k)
-            nxt = categorical(last, generator)
-            if probs:
-                top = self.top_probs(last)
-                tables.append((top.values.cpu(), top.indices.cpu()))
-            if pad is not None:  # the pad token ends a document; ended rows stay ended
-                nxt = nxt.masked_fill(done, pad)
-                done |= nxt == pad
-            out = torch.cat([out, nxt[:, None]], 1)
-            if bool(done.all()):
-                break
+        o, tables = self.options, []
+
+        def observe(logits: torch.Tensor) -> None:
+            top = self.top_probs(logits)
+            tables.append((top.values.cpu(), top.indices.cpu()))
+        # the pad token ends a document; ended rows stay ended
+        out = generate(out, lambda seq: model(seq)[0][:, -1], generator, o.max_new_tokens,
+                       o.temperature, o.top_k, end=model.config.pad_id,
+                       observe=observe if probs else None)
         return out, tables
 
     def walk(self, model: LSTMLanguageModel, out: torch.Tensor, generator: torch.Generator,
              probs: bool) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """One cell step per new token, carrying the state; the step is static (core/graphs),
-        so on GPUs it is one CUDA graph replayed per token. Ended rows are checked every
-        `check_every` tokens, not every token: a check reads the device and would stall it."""
-        o, pad = self.options, model.config.pad_id
-        T = o.max_new_tokens
-        walk = TokenWalk(model, out, uniforms(generator, (T, out.shape[0]), model.device),
-                         self, probs)
+        """One cell step per new token, carrying the state; the step is static, so on GPUs it
+        is one CUDA graph replayed per token. Ended rows are checked every `check_every`
+        tokens, not every token: a check reads the device and would stall it."""
+        o = self.options
+        walk = TokenWalk(model, out, uniforms(generator, (o.max_new_tokens, out.shape[0]),
+                                              model.device), self, probs)
         runner = StepGraph(walk.step, model.device, o.cuda_graph)
-        made = 0
-        while made < T:
-            k = min(self.check_every, T - made)
-            runner.run(k)
-            made += k
-            if pad is not None and bool(walk.done.all()):
-                break
+
+        def advance(made: int, most: int) -> int:
+            runner.run(most)
+            return most
+        made = run_token_steps(advance, o.max_new_tokens, self.check_every,
+                               walk.done if model.config.pad_id is not None else None)
         out = walk.tokens[:, :out.shape[1] + made]
         tables = list(zip(walk.top_p[:made].cpu(), walk.top_i[:made].cpu())) if probs else []
         return out, tables
@@ -281,44 +269,35 @@ class _TokenSampler(Sampler):
         return p.topk(min(o.show_top, p.shape[-1]), -1)
 
 
-class TokenWalk:
+class TokenWalk(TokenSteps):
     """The stateful sampler's buffers, written in place by ``step`` at the device-side
-    counter ``pos``: tokens, next-token logits, recurrent state, ended rows, --show-probs."""
+    counter ``made``: tokens and ended rows (``TokenSteps``), next-token logits, recurrent
+    state, --show-probs."""
 
     def __init__(self, model: LSTMLanguageModel, prompt: torch.Tensor, u: torch.Tensor,
                  sampler: _TokenSampler, probs: bool):
-        n, start = prompt.shape
-        T = u.shape[0]
-        self.model, self.u, self.sampler, self.probs = model, u, sampler, probs
-        self.tokens = torch.cat([prompt, prompt.new_zeros(n, T)], 1)
+        o = sampler.options
+        super().__init__(prompt, u, o.temperature, o.top_k, model.config.pad_id)
+        self.model, self.sampler, self.probs = model, sampler, probs
         logits, state = model(prompt)
         self.logits = logits[:, -1].contiguous()
         self.state = state if isinstance(state, tuple) else (state,)
-        self.done = torch.zeros(n, dtype=torch.bool, device=prompt.device)
-        self.pos = torch.zeros(1, dtype=torch.long, device=prompt.device)
-        self.start = start
-        o = sampler.options
-        shape = (T, min(o.show_samples, n), min(o.show_top, model.config.vocab_size))
+        shape = (u.shape[0], min(o.show_samples, prompt.shape[0]),
+                 min(o.show_top, model.config.vocab_size))
         self.top_p = torch.zeros(shape, device=prompt.device) if probs else None
         self.top_i = torch.zeros(shape, dtype=torch.long, device=prompt.device) if probs else None
 
+    def record_probs(self, logits: torch.Tensor, made: torch.Tensor) -> None:
+        top = self.sampler.top_probs(logits)
+        self.top_p.index_copy_(0, made, top.values[None])
+        self.top_i.index_copy_(0, made, top.indices[None])
+
     def step(self) -> None:
-        o, pad, p = self.sampler.options, self.model.config.pad_id, self.pos
-        last = apply_temperature_top_k(self.logits.float(), o.temperature, o.top_k)
-        nxt = categorical_from_uniform(last, self.u.index_select(0, p))
-        if self.probs:
-            top = self.sampler.top_probs(last)
-            self.top_p.index_copy_(0, p, top.values[None])
-            self.top_i.index_copy_(0, p, top.indices[None])
-        if pad is not None:
-            nxt = nxt.masked_fill(self.done, pad)
-            self.done |= nxt == pad
-        self.tokens.index_copy_(1, p + self.start, nxt[:, None])
+        nxt = self.draw(self.logits, self.record_probs if self.probs else None)
         logits, state = self.model.step(nxt, self.state if len(self.state) == 2 else self.state[0])
         self.logits.copy_(logits)
         for buf, new in zip(self.state, state if isinstance(state, tuple) else (state,)):
             buf.copy_(new)
-        p.add_(1)
 
 
 def probs_table(tok: Tokenizer, new: torch.Tensor, tables: list[tuple[torch.Tensor, torch.Tensor]],

@@ -13,10 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genzoo.core.model import Model
-from genzoo.core.graphs import run_steps, window_index
-from genzoo.core.sampler import (Sampler, apply_temperature_top_k, categorical,
-                                categorical_from_uniform, uniforms)
+from genzoo.family import (Model, Sampler, apply_temperature_top_k, categorical,
+                           categorical_from_uniform, uniforms, window_index)
+from genzoo.nn.autoregressive import raster_sample, raster_steps
 
 
 @dataclass
@@ -171,12 +170,11 @@ class NaiveSampler(Sampler):
         c, h, w = model.image_shape()
         h = w = o.size or h
         levels = torch.zeros(n, c, h, w, dtype=torch.long, device=model.device)
-        for i in range(h):
-            for j in range(w):
-                logits = model(levels)[:, :, i, j]
-                logits = apply_temperature_top_k(logits, o.temperature, o.top_k)
-                levels[:, 0, i, j] = categorical(logits, generator)
-        return levels.float() / (model.config.levels - 1)
+
+        def draw(logits: torch.Tensor) -> torch.Tensor:  # (n, levels) -> (n, 1)
+            return categorical(apply_temperature_top_k(logits, o.temperature, o.top_k),
+                               generator)[:, None]
+        return raster_sample(levels, model, draw).float() / (model.config.levels - 1)
 
 
 class CachedSampler(Sampler):
@@ -187,7 +185,7 @@ class CachedSampler(Sampler):
     order and computing every layer at p from the cached lower layers costs one forward pass in
     total, instead of H*W of them. Same draws, same samples as ``naive`` for the same seed.
 
-    The per-pixel step is static (see ``core/graphs``), so on a GPU it is captured once as a
+    The per-pixel step is static (``genzoo.nn.autoregressive``), so on a GPU it is captured once as a
     CUDA graph and replayed H*W times (``cuda_graph=false`` runs it kernel by kernel).
     """
 
@@ -201,7 +199,7 @@ class CachedSampler(Sampler):
         h = w = o.size or h
         walk = PixelWalk(model, n, h, w, o.temperature, o.top_k,
                          uniforms(generator, (h * w, n), model.device))
-        run_steps(walk.step, h * w, model.device, o.cuda_graph)
+        raster_steps(walk.step, h, w, model.device, o.cuda_graph)
         return walk.levels.view(n, 1, h, w).float() / (model.config.levels - 1)
 
 

@@ -30,9 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genzoo.core.model import Model
-from genzoo.core.graphs import StepGraph, window_index
-from genzoo.core.sampler import Sampler, uniforms
+from genzoo.family import Model, Sampler, uniforms, window_index
+from genzoo.nn.autoregressive import raster_sample, raster_steps
 
 
 @dataclass
@@ -315,12 +314,10 @@ class NaiveSampler(Sampler):
         o, c = self.options, model.config
         h = w = o.size or c.image_size
         levels = torch.zeros(n, c.channels, h, w, dtype=torch.long, device=model.device)
-        for i in range(h):
-            for j in range(w):
-                params = model(levels)[:, :, i, j]
-                levels[:, :, i, j] = sample_mixture(params, c.channels, c.mixtures, generator,
-                                                    o.temperature)
-        return levels.float() / 255
+
+        def draw(params: torch.Tensor) -> torch.Tensor:  # (n, P) -> (n, C)
+            return sample_mixture(params, c.channels, c.mixtures, generator, o.temperature)
+        return raster_sample(levels, model, draw).float() / 255
 
 
 class _Cache:
@@ -371,7 +368,7 @@ class CachedSampler(Sampler):
     stack at (i, j), so it is computed per position from the per-layer caches. In total about one
     forward pass per image instead of H*W of them; same draws, same images as ``naive``.
 
-    Both steps, a row's and a pixel's, are static (core/graphs): on a GPU each is captured
+    Both steps, a row's and a pixel's, are static (``genzoo.nn.autoregressive``): on a GPU each is captured
     once as a CUDA graph and replayed (``cuda_graph=false`` runs them kernel by kernel).
     """
 
@@ -384,11 +381,7 @@ class CachedSampler(Sampler):
         h = w = o.size or c.image_size
         walk = RowWalk(model, n, h, w, o.temperature,
                        uniforms(generator, (h * w, n, 1 + c.channels), model.device))
-        rows = StepGraph(walk.row_step, model.device, o.cuda_graph)
-        pixels = StepGraph(walk.pixel_step, model.device, o.cuda_graph)
-        for _ in range(h):
-            rows.run()
-            pixels.run(w)
+        raster_steps(walk.pixel_step, h, w, model.device, o.cuda_graph, row_step=walk.row_step)
         return walk.levels.view(n, c.channels, h, w).float() / 255
 
 
