@@ -116,7 +116,7 @@ def list_cmd(pattern: str | None, tags: tuple[str, ...], as_json: bool, markdown
         click.echo(json.dumps([{
             "name": e.name, "family": e.family, "chapter": e.chapter, "summary": e.summary,
             "dataset": e.dataset.get("name"), "params": e.params, "tags": e.tags,
-            "source": e.source, "presets": sorted(e.presets)} for e in entries], indent=2))
+            "source": e.plugin, "presets": sorted(e.presets)} for e in entries], indent=2))
         return
     from rich.table import Table
     table = Table(title=f"genzoo models ({len(entries)})")
@@ -126,7 +126,7 @@ def list_cmd(pattern: str | None, tags: tuple[str, ...], as_json: bool, markdown
     for e in entries:
         params = " / ".join(f"{_human(v)}" for k, v in sorted(e.params.items(), key=lambda kv: kv[0] != "quick"))
         table.add_row(e.name, e.family, str(e.chapter or ""), str(e.dataset.get("name", "")),
-                      params, e.source, e.summary)
+                      params, e.plugin, e.summary)
     _console().print(table)
     if not entries:
         click.echo("no models match" + (f" {pattern!r}" if pattern else ""))
@@ -160,7 +160,7 @@ def info(name: str) -> None:
     fam = reg.families.get(e.family)
     c = _console()
     c.print(f"[bold]{e.name}[/bold] — {e.summary}")
-    c.print(f"family: {e.family}   chapter: {e.chapter}   source: {e.source}   tags: {', '.join(e.tags)}")
+    c.print(f"family: {e.family}   chapter: {e.chapter}   source: {e.plugin}   tags: {', '.join(e.tags)}")
     c.print(f"dataset: {json.dumps(e.dataset)}")
     if fam is not None:
         c.print(f"samplers: {', '.join(fam.samplers)} (default {e.sampler or fam.default_sampler})")
@@ -177,14 +177,25 @@ def info(name: str) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def plugins(as_json: bool) -> None:
+@click.option("--check", is_flag=True, help="Import every module:attr reference of every entry "
+              "(models, samplers, dataset loaders, writers, plugin commands); one line per broken "
+              "one, exit code 1 when any is.")
+@click.pass_context
+def plugins(ctx: click.Context, as_json: bool, check: bool) -> None:
     """List loaded plugins, their hooks, and any that failed to load (with the error).
 
     \b
     Set GENZOO_LOAD_PLUGINS=name1,name2 to load only those (empty: none),
     GENZOO_STRICT_PLUGINS=1 to raise on a broken plugin instead of skipping it.
+
+    \b
+    Example:
+      zoo plugins --check             # after installing or writing a plugin
     """
     reg = _registry()
+    if check:
+        _check_plugins(ctx, reg)
+        return
     infos = list(reg.host.infos.values())
     if as_json:
         click.echo(json.dumps([vars(i) for i in infos], indent=2))
@@ -193,6 +204,18 @@ def plugins(as_json: bool) -> None:
     _print_table("genzoo plugins", ("name", "source", "version", "status", "hooks / error"),
                  [(i.name, i.source, i.version, status.get(i.status, i.status),
                    i.error or ", ".join(i.hooks)) for i in infos])
+
+
+def _check_plugins(ctx: click.Context, reg: Any) -> None:
+    from genzoo.core.checks import check
+    n, broken = check(reg, cli=click.Group())  # commands go to a throwaway group
+    plugins = f"{len(reg.host.infos)} plugin" + "s" * (len(reg.host.infos) != 1)
+    for b in broken:
+        click.echo(b.line())
+    if broken:
+        click.echo(f"{len(broken)} broken ({n} references, {plugins} checked)", err=True)
+        ctx.exit(1)
+    click.echo(f"all {n} references load ({plugins})")
 
 
 def _print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -337,12 +360,18 @@ def train(name: str | None, nproc: int | None, **kw: Any) -> None:
 
 
 def _launch(name: str | None, nproc: int, kw: dict[str, Any]) -> None:
-    """Check the config here, then run this same command under torchrun, `nproc` processes."""
-    if nproc < 1:
-        raise click.BadParameter("must be >= 1", param_hint="--nproc")
-    if os.environ.get("WORLD_SIZE"):
-        raise click.UsageError("--nproc is for launching; this process already runs under torchrun")
-    if not kw.get("resume"):
+    """Check the config here (before N processes each fail on it), then run this same command
+    under torchrun (``genzoo.core.distributed.launch``)."""
+    from genzoo.core import distributed
+    distributed.check_nproc(nproc)
+    device = kw["device"]
+    if kw.get("resume"):
+        if device is None:  # the device the run was trained on
+            from genzoo.core.checkpoint import Run
+            config = Run.open(kw["resume"]).read_config()
+            train_cfg = config.get("train") if isinstance(config, dict) else None
+            device = train_cfg.get("device") if isinstance(train_cfg, dict) else None
+    else:
         if name is None:
             raise click.UsageError("give a model NAME (see `zoo list`) or --resume RUN")
         from genzoo.core.factory import plan
@@ -351,22 +380,12 @@ def _launch(name: str | None, nproc: int, kw: dict[str, Any]) -> None:
             "train.steps": kw["steps"], "train.epochs": kw["epochs"], "train.batch_size": kw["batch_size"],
             "train.device": kw["device"], "train.seed": kw["seed"], "data.root": kw["data_root"]},
             **_data_option(kw["data_name"])))
+        device = p.train.device
         if p.train.batch_size % nproc:
             raise click.BadParameter(f"batch_size {p.train.batch_size} does not split over {nproc} "
                                      f"processes; use a multiple of {nproc}", param_hint="--nproc")
-    argv = list(click.get_current_context().find_root().meta.get("genzoo.argv", []))
-    args, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--nproc":
-            skip = True
-        elif not a.startswith("--nproc="):
-            args.append(a)
-    import subprocess
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", "genzoo", *args]
-    rc = subprocess.call(cmd)
+    argv = click.get_current_context().find_root().meta.get("genzoo.argv", [])
+    rc = distributed.launch(argv, nproc, device=device or "auto")
     if rc != 0:
         raise click.ClickException(f"distributed training stopped (exit code {rc}); see the "
                                    "messages above")
@@ -415,7 +434,50 @@ def _preview(out: Any) -> None:
         click.echo(line)
 
 
-SHOWS = ("chain", "process", "attention", "probs")
+# `--show-X` flags from before `--show X` took any view a sampler declares: hidden, still working
+SHOW_ALIASES = ("chain", "process", "attention", "probs")
+
+
+def _show_alias(view: str) -> Any:
+    def add(ctx: click.Context, param: click.Parameter, on: bool) -> None:
+        if on:
+            ctx.meta.setdefault("genzoo.shows", set()).add(view)
+    return click.option(f"--show-{view}", is_flag=True, hidden=True, expose_value=False,
+                        callback=add, help=f"Same as --show {view}.")
+
+
+def _sampler_inputs(sampler: type, family: str, pairs: tuple[str, ...]) -> dict[str, Any]:
+    """`--input NAME=VALUE` pairs as the sampler's inputs: a name it does not declare is one
+    line naming those it does; a value is typed by the annotation of its ``sample`` parameter
+    (``label: int`` gets 3, not "3")."""
+    import inspect
+    import types
+    import typing
+
+    from genzoo.core.config import coerce
+    from genzoo.errors import ConfigError
+    declared = getattr(sampler, "inputs", {}) or {}
+    try:
+        hints = typing.get_type_hints(sampler.sample)
+    except Exception:  # an annotation that does not resolve: the value stays a string
+        hints = {}
+    params = inspect.signature(sampler.sample).parameters
+    out: dict[str, Any] = {}
+    for item in pairs:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ConfigError(f"bad --input {item!r}: expected NAME=VALUE, e.g. --input label=3")
+        if key not in declared:
+            valid = ", ".join(declared) or "none"
+            raise ConfigError(f"unknown input {key!r} for sampler {getattr(sampler, 'name', '')!r} "
+                              f"of family {family!r}; its inputs: {valid}")
+        hint = hints.get(key) if key in params else None
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # a given value is never None
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            hint = args[0] if len(args) == 1 else typing.Union[tuple(args)]
+        out[key] = coerce(key, value, hint) if hint is not None else value
+    return out
 
 
 @cli.command()
@@ -423,23 +485,27 @@ SHOWS = ("chain", "process", "attention", "probs")
 @click.option("--n", default=64, show_default=True, help="Number of samples.")
 @click.option("--sampler", "sampler_name", help="Sampler name (default: the run's).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Sampler option, e.g. temperature=0.8.")
-@click.option("--prompt", help="Text to continue (text and music models).")
-@click.option("--label", type=int, help="Class label for conditional models (e.g. cgan).")
+@click.option("--input", "input_items", multiple=True, metavar="NAME=VALUE",
+              help="An input the sampler declares, e.g. --input label=3 (repeatable).")
+@click.option("--prompt", help="Text to continue (text and music models): --input prompt=TEXT.")
+@click.option("--label", type=int, help="Class label for conditional models (e.g. cgan): "
+              "--input label=K.")
 @click.option("--show", "shows", multiple=True, metavar="VIEW",
-              help="Extra view the sampler offers (chain, process, attention, probs...).")
-@click.option("--show-chain", is_flag=True, help="Langevin chains at chosen steps (EBM).")
-@click.option("--show-process", is_flag=True, help="The reverse diffusion process at chosen steps.")
-@click.option("--show-attention", is_flag=True, help="Which earlier tokens each new token attended to.")
-@click.option("--show-probs", is_flag=True, help="Top next-token probabilities at each step.")
+              help="An extra view the sampler declares (chain, process, attention, probs, "
+              "latent...; repeatable).")
+@_show_alias("chain")
+@_show_alias("process")
+@_show_alias("attention")
+@_show_alias("probs")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(), help="Output stem; the writer adds .png/.txt/... "
               "(default RUN/samples/sample-SAMPLER-SEED).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--no-ema", is_flag=True, help="Use raw weights even when EMA weights exist.")
-def sample(run: str, n: int, sampler_name: str | None, sets: tuple[str, ...], prompt: str | None,
-           label: int | None, shows: tuple[str, ...], show_chain: bool, show_process: bool,
-           show_attention: bool, show_probs: bool, seed: int, out: str | None, device: str,
-           no_ema: bool) -> None:
+@click.pass_context
+def sample(ctx: click.Context, run: str, n: int, sampler_name: str | None, sets: tuple[str, ...],
+           input_items: tuple[str, ...], prompt: str | None, label: int | None,
+           shows: tuple[str, ...], seed: int, out: str | None, device: str, no_ema: bool) -> None:
     """Draw N samples from a trained RUN and write them the way their modality is looked at:
     image grids, text files (also printed), point scatters.
 
@@ -448,17 +514,25 @@ def sample(run: str, n: int, sampler_name: str | None, sets: tuple[str, ...], pr
       zoo sample runs/pixelcnn-20261125-101500
       zoo sample runs/pixelcnn-20261125-101500 --sampler naive --set temperature=0.7 --n 16
       zoo sample runs/lstm-20261127-101500 --prompt "recipe for" --set temperature=0.5 --n 3
+      zoo sample runs/cgan-20261127-101500 --input label=3 --n 8
+      zoo sample runs/ddm-20261127-101500 --show process --set frames=6
     """
     from genzoo import api
     from genzoo.core.config import parse_set
     if n < 1:
         raise click.BadParameter("must be >= 1", param_hint="--n")
-    flags = dict(zip(SHOWS, (show_chain, show_process, show_attention, show_probs)))
-    views = tuple(shows) + tuple(k for k, on in flags.items() if on)
+    aliased = ctx.meta.get("genzoo.shows", set())
+    views = tuple(shows) + tuple(v for v in SHOW_ALIASES if v in aliased)
     loaded = api.load_run(run, ema=not no_ema, device=device)
-    inputs = {"label": label, "prompt": prompt, "show": views}
-    result = loaded.sample(n, seed=seed, sampler=sampler_name, inputs=inputs, **parse_set(sets))
     name = sampler_name or loaded.config.get("sampler")
+    inputs = _sampler_inputs(loaded.family.sampler_class(name), loaded.family.name, input_items)
+    for key, value in (("label", label), ("prompt", prompt)):  # the shortcuts
+        if value is not None:
+            if key in inputs and inputs[key] != value:
+                raise click.UsageError(f"--{key} and --input {key}=... disagree; give one")
+            inputs[key] = value
+    inputs["show"] = views
+    result = loaded.sample(n, seed=seed, sampler=sampler_name, inputs=inputs, **parse_set(sets))
     stem = Path(out).with_suffix("") if out else loaded.run.samples_dir / f"sample-{name}-{seed}"
     if out and Path(out).is_dir():  # a folder: the default file name inside it
         stem = Path(out) / f"sample-{name}-{seed}"
@@ -649,16 +723,7 @@ def _load_plugin_commands(group: click.Group) -> None:
     the CLI: it is marked failed and shown by `zoo plugins`."""
     try:
         from genzoo.core.plugins import host
-        h = host()
-        h.load()
-        for info, fn in h.implementations("register_commands"):
-            try:
-                fn(cli=group)
-            except Exception as e:
-                from genzoo.core.plugins import BUILTIN, strict
-                if strict() or info.source == BUILTIN:
-                    raise
-                h.fail(info, e)
+        host().call_each("register_commands", lambda info, fn: fn(cli=group))
     except Exception as e:
         from genzoo.core.plugins import strict
         if strict():

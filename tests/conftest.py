@@ -2,8 +2,17 @@ import os
 
 import pytest
 
-# Tests never touch the user's cache or the network's torchvision mirrors.
-os.environ.setdefault("GENZOO_DATA", os.path.join(os.path.dirname(__file__), ".data-cache-unused"))
+
+def pytest_configure(config):
+    # For the whole session, collection included (some test modules list the registry to
+    # parametrize): no third-party plugin from the environment (GENZOO_LOAD_PLUGINS empty keeps
+    # every entry point out, built-ins still load; the plugin tests opt in with
+    # `third_party_plugins`), and never the user's data cache.
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GENZOO_LOAD_PLUGINS", "")
+    if "GENZOO_DATA" not in os.environ:
+        mp.setenv("GENZOO_DATA", os.path.join(os.path.dirname(__file__), ".data-cache-unused"))
+    config.add_cleanup(mp.undo)
 
 
 @pytest.fixture(autouse=True)
@@ -12,10 +21,21 @@ def _isolated(tmp_path, monkeypatch):
     # the checkout
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GENZOO_DATA", str(tmp_path / "data-root"))
-    monkeypatch.delenv("GENZOO_LOAD_PLUGINS", raising=False)
+    monkeypatch.setenv("GENZOO_LOAD_PLUGINS", "")
     monkeypatch.delenv("GENZOO_STRICT_PLUGINS", raising=False)
     yield
     from genzoo.core import registry
+    registry.reset()
+
+
+@pytest.fixture
+def third_party_plugins(_isolated, monkeypatch):
+    """Opt in to entry-point plugins (installed ones, and any a test installs), in this process
+    and in the `zoo` subprocesses it starts."""
+    from genzoo.core import registry
+    monkeypatch.delenv("GENZOO_LOAD_PLUGINS", raising=False)
+    registry.reset()
+    yield
     registry.reset()
 
 

@@ -58,7 +58,7 @@ def test_registered_params_match_the_real_models():
 def test_every_model_has_quick_and_book_presets_and_a_known_dataset():
     reg = genzoo.registry()
     for entry in reg.list():
-        if entry.source != "built-in":
+        if entry.plugin != "built-in":
             continue
         assert {"quick", "book"} <= set(entry.presets), entry.name
         reg.get_dataset(entry.dataset["name"])

@@ -42,7 +42,7 @@ def test_resume_on_cuda_matches(tmp_path):
 
 
 def _models():
-    return [e.name for e in genzoo.registry().list() if e.source == "built-in"
+    return [e.name for e in genzoo.registry().list() if e.plugin == "built-in"
             and genzoo.registry().get_dataset(e.dataset["name"]).source == "embedded"]
 
 

@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,9 @@ from genzoo.core import plugins, registry
 from genzoo.errors import RegistryError
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# the only tests that load entry-point plugins (tests/conftest.py keeps them out elsewhere)
+pytestmark = pytest.mark.usefixtures("third_party_plugins")
 
 
 def readme_plugin_files() -> dict[str, str]:
@@ -78,7 +80,7 @@ def site(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def installed(site, monkeypatch):
+def installed(site, monkeypatch, third_party_plugins):
     monkeypatch.syspath_prepend(str(site))
     registry.reset()
     yield site
@@ -134,7 +136,7 @@ def test_plugin_model_trains_and_samples_like_a_builtin(installed, tmp_path):
     assert 0 <= float(images.min()) and float(images.max()) <= 1
 
 
-def test_dist_prefixed_name_and_duplicate_error_names_both_sources():
+def test_dist_prefixed_name_and_duplicate_error_names_both_sources(monkeypatch):
     class A:
         @plugins.hookimpl
         def register_models(self, register):
@@ -144,31 +146,28 @@ def test_dist_prefixed_name_and_duplicate_error_names_both_sources():
     host.register_object(A(), "first", source="dist-a")
     host.register_object(A(), "second", source="dist-b")
     reg = registry.Registry(host)
-    assert reg.get("dist-a:same").source == "dist-a"
+    assert reg.get("dist-a:same").plugin == "dist-a"
     assert "duplicate model name 'same': registered by dist-a and by dist-b" in host.infos["second"].error
-    import os as _os
-    _os.environ["GENZOO_STRICT_PLUGINS"] = "1"
-    try:
-        host2 = plugins.PluginHost()
-        host2.register_object(A(), "first", source="dist-a")
-        host2.register_object(A(), "second", source="dist-b")
-        with pytest.raises(RegistryError, match="registered by dist-a and by dist-b"):
-            registry.Registry(host2)
-    finally:
-        del _os.environ["GENZOO_STRICT_PLUGINS"]
+    monkeypatch.setenv("GENZOO_STRICT_PLUGINS", "1")
+    host2 = plugins.PluginHost()
+    host2.register_object(A(), "first", source="dist-a")
+    host2.register_object(A(), "second", source="dist-b")
+    with pytest.raises(RegistryError, match="registered by dist-a and by dist-b"):
+        registry.Registry(host2)
 
 
-def test_listing_does_not_import_torch_and_is_fast():
-    code = ("import sys, time; t=time.perf_counter(); from genzoo.cli import main; sys.argv=['zoo','{}'];\n"
-            "try: main()\nexcept SystemExit: pass\n"
-            "assert 'torch' not in sys.modules, 'torch imported'; print(time.perf_counter()-t)")
-    for cmd in ("list", "--help"):
-        res = subprocess.run([sys.executable, "-c", code.format(cmd)], capture_output=True, text=True)
-        assert res.returncode == 0, res.stderr
-    res = subprocess.run([sys.executable, "-c", code.replace("'{}'", "'info','pixelcnn'")],
-                         capture_output=True, text=True)
+@pytest.mark.parametrize("args", [["list"], ["--help"], ["info", "pixelcnn"], ["list", "--json"]])
+def test_listing_imports_neither_torch_nor_any_family(args):
+    # what keeps `zoo list` fast is what it does not import: the catalogue names family code
+    # lazily, so a regression shows up here as a module name, not as a flaky timing
+    code = ("import sys\nfrom genzoo.cli import main\nsys.argv = ['zoo', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith('genzoo.plugins.'))\n"
+            "print('IMPORTED', heavy)")
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         timeout=120)
     assert res.returncode == 0, res.stderr
-    assert float(res.stdout.strip().splitlines()[-1]) < 1.0
+    assert res.stdout.strip().splitlines()[-1] == "IMPORTED []"
 
 
 def test_unknown_model_suggests_close_matches():

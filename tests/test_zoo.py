@@ -13,7 +13,7 @@ OFFLINE = ("embedded", "text", "points")
 
 def builtin_models():
     reg = genzoo.registry()
-    return [e.name for e in reg.list() if e.source == "built-in"
+    return [e.name for e in reg.list() if e.plugin == "built-in"
             and reg.get_dataset(e.dataset["name"]).source in OFFLINE
             and not reg.get_dataset(e.dataset["name"]).location.startswith("kaggle:")]
 

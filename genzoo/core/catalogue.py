@@ -43,7 +43,7 @@ def update_readme(path: str = "README.md") -> bool:
     text = p.read_text()
     head, rest = text.split(README_BEGIN, 1)
     _, tail = rest.split(README_END, 1)
-    entries = [e for e in registry().list() if e.source == "built-in"]
+    entries = [e for e in registry().list() if e.plugin == "built-in"]
     new = head + readme_block(entries) + tail
     if new != text:
         p.write_text(new)

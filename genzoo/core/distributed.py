@@ -1,6 +1,6 @@
 """Data-parallel training over torch.distributed, for runs launched by ``torchrun``.
 
-``torchrun`` (or ``zoo train NAME --nproc N``, which wraps it) starts one process per device and
+``torchrun`` (or ``zoo train NAME --nproc N``, which wraps it: ``launch``) starts one process per device and
 sets RANK / WORLD_SIZE / LOCAL_RANK. Every rank builds the same model from the same seed, takes its
 share of each global batch of the ``(seed, step)`` schedule, and averages gradients with the others
 before every optimizer step, so N processes follow one process with the same global batch. Rank 0
@@ -15,6 +15,9 @@ the same parameters on every rank (broadcast from rank 0 at the start).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -30,6 +33,47 @@ def world() -> tuple[int, int, int]:
                 int(os.environ.get("LOCAL_RANK", 0)))
     except ValueError:
         raise ConfigError("RANK / WORLD_SIZE / LOCAL_RANK must be integers (set by torchrun)") from None
+
+
+def nproc_limit(device: str = "auto") -> tuple[int, str]:
+    """How many ranks this machine can run on `device`, and what they are counted in: GPUs on
+    CUDA (one rank per GPU), CPU cores otherwise (more ranks than cores only oversubscribe)."""
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return torch.cuda.device_count(), "GPUs"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1, "CPU cores"
+
+
+def check_nproc(nproc: int, device: str | None = None) -> None:
+    """Refuse, in one line, a process count that cannot run here: below 1, inside torchrun
+    already, or (given `device`) above the GPUs on CUDA / the CPU cores otherwise."""
+    if nproc < 1:
+        raise ConfigError(f"--nproc {nproc}: must be >= 1")
+    if os.environ.get("WORLD_SIZE"):
+        raise ConfigError("--nproc is for launching; this process already runs under torchrun")
+    if device is not None:
+        limit, unit = nproc_limit(device)
+        if nproc > limit:
+            raise ConfigError(f"--nproc {nproc} is more than the {limit} {unit} of this machine "
+                              f"(device {device}); use at most {limit}")
+
+
+def launch(argv: Sequence[str], nproc: int, device: str = "auto") -> int:
+    """Run ``python -m genzoo ARGV`` as `nproc` data-parallel processes under torchrun
+    (``--standalone``: one machine, a free port); ``--nproc N`` is taken out of `argv` so the
+    ranks train instead of launching again. Returns torchrun's exit code."""
+    check_nproc(nproc, device)
+    args, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "genzoo", *args]
+    return subprocess.call(cmd)
 
 
 def active() -> bool:

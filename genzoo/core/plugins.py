@@ -155,19 +155,26 @@ class PluginHost:
                 continue
             yield info, impl.function
 
-    def call_each(self, hook: str, make_kwargs: Callable[[PluginInfo], dict[str, Any]]) -> None:
-        """Call `hook` on every plugin separately, built-ins first; a raising plugin is marked
-        broken (shown by ``zoo plugins``), not fatal. `make_kwargs` binds arguments per plugin,
-        e.g. a ``register`` callback that records the plugin as the source."""
+    def call_each(self, hook: str, call: Callable[[PluginInfo, Callable[..., Any]], None],
+                  wrap: Callable[[Exception, PluginInfo], Exception] | None = None,
+                  on_fail: Callable[[PluginInfo], None] | None = None) -> None:
+        """``call(info, fn)`` for each implementation of `hook`, one plugin at a time, built-ins
+        first. A raising third-party plugin is marked broken (shown by ``zoo plugins``) and
+        `on_fail` undoes what it half did; a built-in's error, or any error under
+        GENZOO_STRICT_PLUGINS, is raised (through `wrap`, which may name the plugin)."""
         impls = sorted(self.implementations(hook), key=lambda p: p[0].source != BUILTIN)
         for info, fn in impls:
             try:
-                fn(**make_kwargs(info))
+                call(info, fn)
             except Exception as e:
                 if strict() or info.source == BUILTIN:
-                    raise
+                    err = e if wrap is None else wrap(e, info)
+                    if err is e:
+                        raise
+                    raise err from e
                 self.fail(info, e)
-
+                if on_fail is not None:
+                    on_fail(info)
 
 _host: PluginHost | None = None
 

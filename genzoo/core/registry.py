@@ -2,6 +2,9 @@
 
 Entries name their code lazily (``module:attr``), so listing never imports torch or a family
 module; registering by import side effect is timm's most-reported "unknown model" cause.
+
+Every entry records the ``plugin`` (distribution, or "built-in") it came from; a dataset's
+``source`` is something else: the kind of place its data comes from (embedded, torchvision...).
 """
 from __future__ import annotations
 
@@ -12,7 +15,10 @@ import types
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
+from functools import partial
 from typing import Any
+
+import yaml
 
 from genzoo.core import plugins
 from genzoo.errors import GenzooError, RegistryError, UnknownNameError
@@ -28,11 +34,11 @@ class FamilyEntry:
     samplers: dict[str, Any] = field(default_factory=dict)
     default_sampler: str | None = None
     summary: str = ""
-    source: str = plugins.BUILTIN
+    plugin: str = plugins.BUILTIN  # the distribution that registered it
 
     def model_class(self) -> type:
-        return _a_class(resolve(self.model, f"family {self.name!r} ({self.source})"),
-                        f"the model of family {self.name!r} ({self.source})")
+        return _a_class(resolve(self.model, f"family {self.name!r} ({self.plugin})"),
+                        f"the model of family {self.name!r} ({self.plugin})")
 
     def sampler_class(self, name: str | None = None) -> type:
         name = name or self.default_sampler or next(iter(self.samplers), None)
@@ -56,7 +62,12 @@ class ModelEntry:
     params: dict[str, int] = field(default_factory=dict)  # per preset, checked by a test
     notes: str = ""
     figures: str = ""  # measured figures for the README's table (with the benchmark behind them)
-    source: str = plugins.BUILTIN
+    plugin: str = plugins.BUILTIN  # the distribution that registered it
+
+    @property
+    def source(self) -> str:
+        """Old name of ``plugin`` (a run's config.json still records it as "source")."""
+        return self.plugin
 
     def resolved(self, preset: str = "quick") -> dict[str, dict[str, Any]]:
         """Entry config merged with one preset: ``{"model": {...}, "train": {...}, "data": {...}}``."""
@@ -83,7 +94,7 @@ class DatasetSpec:
     license: str = ""
     provenance: str = ""
     loader: str | None = None  # "module:attr" of load(spec, cfg, split); default: the source's
-    origin: str = plugins.BUILTIN  # which plugin registered it
+    plugin: str = plugins.BUILTIN  # the distribution that registered it
 
 
 def _a_class(obj: Any, what: str) -> type:
@@ -104,6 +115,37 @@ def resolve(ref: Any, what: str) -> Any:
     except Exception as e:
         raise RegistryError(f"cannot load {what} from {ref!r}: {type(e).__name__}: {e}") from e
     return obj
+
+
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """YAML's safe loader (the C parser where there is one) that refuses a key given twice in
+    one mapping: plain PyYAML keeps the last silently, so a pasted-twice entry hides an edit."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *x` keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: the base class says why, below
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise RegistryError(f"{self.name}: duplicate key {key!r} at lines {first} and "
+                                    f"{key_node.start_mark.line + 1}; keep one")
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str, name: str = "<yaml>") -> Any:
+    """Parse a catalogue file (``registry.yaml``, a plugin's own) safely; a key given twice at
+    any level is a RegistryError naming both lines. `name` is how errors name the file."""
+    loader = _UniqueKeyLoader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _as_registry_error(e: Exception, info: Any, hook: str) -> Exception:
@@ -171,8 +213,7 @@ def _sections_problem(config: Any, presets: Any) -> str | None:
 
 
 def _make(cls: type, name: str, kwargs: dict[str, Any], source: str, kind: str) -> Any:
-    reserved = {"name", "origin"} if cls is DatasetSpec else {"name", "source"}
-    valid = {f.name for f in fields(cls)} - reserved
+    valid = {f.name for f in fields(cls)} - {"name", "plugin"}
     unknown = sorted(set(kwargs) - valid)
     if unknown:
         raise RegistryError(f"{kind} {name!r} from {source}: unknown field {unknown[0]!r}; "
@@ -206,52 +247,45 @@ class Registry:
         for hook, target in (("register_families", self.families),
                              ("register_datasets", self.datasets),
                              ("register_models", self.models)):
-            for info, fn in self._ordered(hook):
+            def call(info: plugins.PluginInfo, fn: Any, hook: str = hook,
+                     target: dict[str, Any] = target) -> None:
                 staged: list[tuple[str, Any]] = []
-                try:
-                    fn(register=self._recorder(hook, info.source, staged))
-                    for name, entry in staged:
-                        self._add(target, name, entry, info.source, hook)
-                except Exception as e:
-                    if plugins.strict() or info.source == plugins.BUILTIN:
-                        raise _as_registry_error(e, info, hook) from e
-                    self.host.fail(info, e)  # the whole plugin is out: partial state is worse
-                    self._drop(info.source)
-        for info, fn in self._ordered("register_samplers"):
-            staged = []
-            try:
-                fn(register=lambda family, name, sampler, _s=staged: _s.append((family, name, sampler)))
-                for family, name, sampler in staged:
-                    fam = self.get_family(family)
-                    if name in fam.samplers:
-                        raise RegistryError(f"sampler {name!r} of family {family!r} from "
-                                            f"{info.source} clashes with one from {fam.source}")
-                    fam.samplers[name] = sampler
-            except Exception as e:
-                if plugins.strict() or info.source == plugins.BUILTIN:
-                    raise _as_registry_error(e, info, "a registration hook") from e
-                self.host.fail(info, e)
-        for info, fn in self._ordered("register_writers"):
-            staged = []
-            try:
-                fn(register=lambda kind, writer, _s=staged: _s.append((kind, writer)))
-                for kind, writer in staged:
-                    if not isinstance(kind, str) or not kind:
-                        raise RegistryError(f"writer kind {kind!r} from {info.source}: give a name")
-                    if kind in self.writers:
-                        raise RegistryError(f"writer for {kind!r} from {info.source} clashes "
-                                            "with one already registered")
-                    self.writers[kind] = writer
-            except Exception as e:
-                if plugins.strict() or info.source == plugins.BUILTIN:
-                    raise _as_registry_error(e, info, "a registration hook") from e
-                self.host.fail(info, e)
+                fn(register=self._recorder(hook, info.source, staged))
+                for name, entry in staged:
+                    self._add(target, name, entry, info.source, hook)
+            # a failing plugin is out as a whole: partial state is worse
+            self.host.call_each(hook, call, wrap=partial(_as_registry_error, hook=hook),
+                                on_fail=lambda info: self._drop(info.source))
+        self.host.call_each("register_samplers", self._add_samplers,
+                            wrap=partial(_as_registry_error, hook="register_samplers"))
+        self.host.call_each("register_writers", self._add_writers,
+                            wrap=partial(_as_registry_error, hook="register_writers"))
         for entry in self.models.values():
             if entry.family not in self.families:
                 entry.notes = (entry.notes + f" [family {entry.family!r} is not registered]").strip()
 
-    def _ordered(self, hook: str):
-        return sorted(self.host.implementations(hook), key=lambda p: p[0].source != plugins.BUILTIN)
+    def _add_samplers(self, info: plugins.PluginInfo, fn: Any) -> None:
+        staged: list[tuple[str, str, Any]] = []
+        fn(register=lambda family, name, sampler: staged.append((family, name, sampler)))
+        given = [(family, name) for family, name, _ in staged]
+        for family, name, _ in staged:  # all checked before any is added
+            fam = self.get_family(family)
+            if name in fam.samplers or given.count((family, name)) > 1:
+                raise RegistryError(f"sampler {name!r} of family {family!r} from "
+                                    f"{info.source} clashes with one from {fam.plugin}")
+        for family, name, sampler in staged:
+            self.families[family].samplers[name] = sampler
+
+    def _add_writers(self, info: plugins.PluginInfo, fn: Any) -> None:
+        staged: list[tuple[str, Any]] = []
+        fn(register=lambda kind, writer: staged.append((kind, writer)))
+        for kind, _ in staged:  # all checked before any is added
+            if not isinstance(kind, str) or not kind:
+                raise RegistryError(f"writer kind {kind!r} from {info.source}: give a name")
+            if kind in self.writers or [k for k, _ in staged].count(kind) > 1:
+                raise RegistryError(f"writer for {kind!r} from {info.source} clashes "
+                                    "with one already registered")
+        self.writers.update(staged)
 
     @staticmethod
     def _recorder(hook: str, source: str, staged: list[tuple[str, Any]]):
@@ -264,37 +298,29 @@ class Registry:
                 raise RegistryError(f"{kind} name {name!r} from {source}: use lowercase letters, "
                                     "digits, '-', '_' or '.'")
             entry = _make(cls, name, kwargs, source, kind)
-            if kind == "dataset":
-                entry.origin = source
-            else:
-                entry.source = source
+            entry.plugin = source
             staged.append((name, entry))
         return register
 
     def _add(self, target: dict[str, Any], name: str, entry: Any, source: str, hook: str) -> None:
         if name in target:
-            other = target[name]
-            other_source = getattr(other, "origin", None) or other.source
-            if isinstance(other, DatasetSpec):
-                other_source = other.origin
             kind = hook.removeprefix("register_").rstrip("s").replace("famili", "family")
-            raise RegistryError(f"duplicate {kind} name {name!r}: registered by {other_source} "
-                                f"and by {source}; the later one is not loaded — rename it")
+            raise RegistryError(f"duplicate {kind} name {name!r}: registered by "
+                                f"{target[name].plugin} and by {source}; the later one is not "
+                                "loaded — rename it")
         target[name] = entry
 
-    def _drop(self, source: str) -> None:
-        for target in (self.families, self.models):
-            for name in [n for n, e in target.items() if e.source == source]:
+    def _drop(self, plugin: str) -> None:
+        for target in (self.families, self.models, self.datasets):
+            for name in [n for n, e in target.items() if e.plugin == plugin]:
                 del target[name]
-        for name in [n for n, e in self.datasets.items() if e.origin == source]:
-            del self.datasets[name]
 
     # -- lookups -----------------------------------------------------------------------------
     def get(self, name: str) -> ModelEntry:
         if ":" in name:  # "dist:name" always works, and disambiguates
             source, _, short = name.partition(":")
             entry = self.models.get(short)
-            if entry is not None and entry.source == source:
+            if entry is not None and entry.plugin == source:
                 return entry
             # never another source's model under this one's name: say why it is not there
             broken = [i for i in self.host.infos.values()
@@ -303,8 +329,8 @@ class Registry:
                 raise RegistryError(f"model {name!r}: plugin {source} did not load "
                                     f"({broken[0].error}); see `zoo plugins`")
             if entry is not None:
-                raise RegistryError(f"model {short!r} comes from {entry.source}, not {source}; "
-                                    f"name it {short!r} or {entry.source + ':' + short!r}")
+                raise RegistryError(f"model {short!r} comes from {entry.plugin}, not {source}; "
+                                    f"name it {short!r} or {entry.plugin + ':' + short!r}")
             name = short
         if name in self.models:
             return self.models[name]

@@ -11,16 +11,16 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-import yaml
-
 from genzoo.core.plugins import hookimpl
+from genzoo.core.registry import read_yaml
 
 
 @lru_cache(maxsize=1)
 def catalogue() -> dict[str, Any]:
+    """registry.yaml, parsed once; a key given twice anywhere in it is an error naming both
+    lines (plain YAML would keep the last one silently)."""
     text = resources.files("genzoo").joinpath("registry.yaml").read_text(encoding="utf-8")
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load(text, Loader=loader) or {}
+    return read_yaml(text, "genzoo/registry.yaml") or {}
 
 
 @hookimpl
