@@ -3,14 +3,16 @@
 A piece is two aligned streams, notes (``G4``, ``rest``, ``G:major``...) and durations in quarter
 notes (``1.0``, ``0.5``...). Each stream has its own embedding (half the width each) plus a sine
 position encoding; the two are concatenated, go through a transformer block (causal multi-head
-attention and a feed-forward layer, the GPT family's ``Block``), and two softmax heads predict
-the next note and the next duration. The loss is the sum of the two cross-entropies, so the
-likelihood of an event (note and duration) is the product of the two heads' probabilities: given
-the past the note and the duration are predicted independently, as in the book.
+attention and a feed-forward layer, ``genzoo.nn.transformer.Block`` as in GPT), and two softmax
+heads predict the next note and the next duration. The loss is the sum of the two
+cross-entropies, so the likelihood of an event (note and duration) is the product of the two
+heads' probabilities: given the past the note and the duration are predicted independently, as
+in the book.
 
 Sampling draws both streams with their own temperature, optional top-k, and a KV cache per
-layer (``gpt.KVCache``): past the context, the window keeps its last half and the cache is
-refilled, exactly as the ``naive`` reference does, so both give the same piece for a seed.
+layer (``genzoo.nn.transformer.KVCache``): past the context, the window keeps its last half and
+the cache is refilled, exactly as the ``naive`` reference does, so both give the same piece for
+a seed (the loop is ``genzoo.nn.autoregressive.generate``).
 """
 from __future__ import annotations
 
@@ -22,12 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genzoo.core.model import Model
-from genzoo.core.sampler import Sampler, TokenOptions, apply_temperature_top_k, categorical
 from genzoo.errors import ConfigError
+from genzoo.family import Model, Sampler, TokenOptions
+from genzoo.nn.autoregressive import generate, window_start
+from genzoo.nn.music import REST, START, ZERO, MusicSample, notes_from_tokens, parse_prompt
 from genzoo.nn.transformer import Block, KVCache
-from genzoo.plugins.music import (REST, START, ZERO, MusicSample, notes_from_tokens,
-                                  parse_prompt)
 
 
 @dataclass
@@ -237,26 +238,24 @@ class CachedSampler(Sampler):
             if START in model.note_vocab else [(0, 0)]
         ids = first + (model.encode(parse_prompt(prompt)) if prompt else [])
         seq = torch.tensor(ids, device=dev)[None].expand(n, -1, -1).clone()  # (n, T, 2)
-        keep = max(1, c.context // 2)
-        d_temp = o.duration_temperature or o.temperature
         start, caches = 0, None
-        for _ in range(o.max_new_tokens):
-            if seq.shape[1] - start > c.context:  # full: keep the last half, refill the cache
-                start, caches = seq.shape[1] - keep, None
-            if self.use_cache:
-                if caches is None:
-                    caches = [KVCache(c.context) for _ in model.blocks]
-                    nl, dl = model(seq[:, start:, 0], seq[:, start:, 1], caches, 0)
-                else:
-                    pos = seq.shape[1] - 1 - start
-                    nl, dl = model(seq[:, -1:, 0], seq[:, -1:, 1], caches, pos)
-            else:
+
+        def next_logits(seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            nonlocal start, caches
+            moved = window_start(seq.shape[1], start, c.context)
+            if moved != start:  # full: keep the last half, refill the cache
+                start, caches = moved, None
+            if not self.use_cache:
                 nl, dl = model(seq[:, start:, 0], seq[:, start:, 1])
-            note = categorical(apply_temperature_top_k(nl[:, -1].float(), o.temperature, o.top_k),
-                               generator)
-            dur = categorical(apply_temperature_top_k(dl[:, -1].float(), d_temp, o.top_k),
-                              generator)
-            seq = torch.cat([seq, torch.stack([note, dur], -1)[:, None].to(dev)], 1)
+            elif caches is None:
+                caches = [KVCache(c.context) for _ in model.blocks]
+                nl, dl = model(seq[:, start:, 0], seq[:, start:, 1], caches, 0)
+            else:  # only the newest event, at its position in the window
+                nl, dl = model(seq[:, -1:, 0], seq[:, -1:, 1], caches, seq.shape[1] - 1 - start)
+            return nl[:, -1], dl[:, -1]
+        # two streams, each drawn with its own temperature: the note, then its duration
+        seq = generate(seq, next_logits, generator, o.max_new_tokens,
+                       (o.temperature, o.duration_temperature or o.temperature), o.top_k)
         pieces, texts = [], []
         for row in seq.tolist():
             notes = [model.note_vocab[a] for a, _ in row]
