@@ -22,12 +22,12 @@ from genzoo.core.sample import EventSample, ImageSample, PointSample, Sample, Te
 from genzoo.core.sampler import (Sampler, SamplerOptions, TokenOptions, apply_temperature_top_k,
                                  categorical, categorical_from_uniform, frozen, gaussian,
                                  uniforms)
-from genzoo.core.checkpoint import atomic_write
-from genzoo.core.data import (DataConfig, Dataset, ImageData, PointData, TensorData, data_root,
-                              split_index, to_float)
-from genzoo.core.runner import batches
+from genzoo.core.atomic import atomic_write
+from genzoo.core.batching import batches
+from genzoo.core.data_config import DataConfig, data_root
+from genzoo.core.datasets import Dataset, ImageData, PointData, TensorData, split_index, to_float
 from genzoo.core.text import Tokenizer
-from genzoo.core.trainer import StepContext, TrainConfig
+from genzoo.core.train_config import StepContext, TrainConfig
 from genzoo.errors import (CheckpointError, ConfigError, DataError, GenzooError, TrainingDiverged,
                            UnknownNameError)
 

@@ -20,6 +20,7 @@ import genzoo
 from genzoo import api
 from genzoo.cli import cli
 from genzoo.core import checkpoint as ckpt
+from genzoo.core import faults
 from genzoo.errors import CheckpointError, TrainingDiverged
 
 STEPS = 6
@@ -76,15 +77,15 @@ def leftovers(run: Path) -> list[str]:
 @pytest.mark.parametrize("point", [p if p in FAST else pytest.param(p, marks=pytest.mark.slow)
                                    for p in POINTS])
 def test_resume_after_a_kill_at_any_point_is_bit_identical(tmp_path, monkeypatch, reference, point):
-    real = ckpt.fault
+    real = faults.fault
 
     def kill(where, step=None):
         if where == point and step == 4:
             raise Killed(where)
-    monkeypatch.setattr(ckpt, "fault", kill)
+    monkeypatch.setattr(faults, "fault", kill)  # every save and step calls faults.fault
     with pytest.raises(Killed):
         genzoo.train("pixelcnn", out=str(tmp_path / "run"), **{"train.steps": STEPS, **TINY})
-    monkeypatch.setattr(ckpt, "fault", real)
+    monkeypatch.setattr(faults, "fault", real)
     api.resume(tmp_path / "run", progress=False)
     same_run(tmp_path / "run", reference)
     assert leftovers(tmp_path / "run") == []

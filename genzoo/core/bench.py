@@ -45,7 +45,7 @@ def record(model: str, device: torch.device, metric: str, setting: str, values: 
 
 def bench_data(p: Any, batch_size: int) -> Any:
     """Real data when it is at hand (embedded, cached), else uniform noise of the right shape."""
-    from genzoo.core.data import load
+    from genzoo.core.sources import load
     from genzoo.core.factory import DataShape
     try:
         cfg = p.data
@@ -55,7 +55,7 @@ def bench_data(p: Any, batch_size: int) -> Any:
         shape = DataShape.of(p)
         if shape.modality != "image" or not shape.shape:
             raise
-        from genzoo.core.data import ImageData
+        from genzoo.core.datasets import ImageData
         g = torch.Generator().manual_seed(0)
         n = max(batch_size * 2, 256)
         classes = list(shape.classes)
@@ -68,8 +68,8 @@ def bench_data(p: Any, batch_size: int) -> Any:
 def plan_from_run(path: str, device: str) -> Any:
     """The Plan a run was trained with (its config.json), to bench that exact model."""
     from genzoo.core import config as configlib
-    from genzoo.core.checkpoint import Run
-    from genzoo.core.data import DataConfig
+    from genzoo.core.run_folder import Run
+    from genzoo.core.data_config import DataConfig
     from genzoo.core.factory import Plan
     from genzoo.core.registry import registry
     cfg = Run.open(path).read_config()
@@ -131,16 +131,18 @@ def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: i
     model = build_model(p, data)
     model.setup(data)
     if run:
-        from genzoo.core import checkpoint as ckpt
-        r = ckpt.Run.open(run)
-        ckpt.load_weights(model, r.weights_path)
-        ckpt.load_artifacts(model, r.path)
+        from genzoo.core.artifacts import load_artifacts
+        from genzoo.core.run_folder import Run
+        from genzoo.core.tensors import load_weights
+        r = Run.open(run)
+        load_weights(model, r.weights_path)
+        load_artifacts(model, r.path)
     model.to(dev)
     out: list[dict[str, Any]] = []
     setting = f"preset={preset} batch={bs} params={model.num_params()}"
 
     # bare step: the model's own training_step, no loop around it
-    from genzoo.core.data import StepBatches, batch_to_device
+    from genzoo.core.batching import StepBatches, batch_to_device
     batches = StepBatches(data, bs, 0)
     cached = [batch_to_device(data, batches(i), dev) for i in range(min(4, batches.per_epoch))]
     optimizers = model.configure_optimizers(p.train)
@@ -174,7 +176,7 @@ def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: i
     # the full trainer loop (batching, logging, lr schedule) on the same model
     def loop() -> None:
         with tempfile.TemporaryDirectory() as d:
-            from genzoo.core.checkpoint import Run
+            from genzoo.core.run_folder import Run
             cfg = TrainConfig(**{**vars(p.train), "steps": steps_per_repeat, "sample_every": 0,
                                  "checkpoint_every": 10**9, "log_every": steps_per_repeat})
             trainer = Trainer(model, data, cfg, Run.create(name, d + "/run"), None, progress=False)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from genzoo.core import config as configlib
-from genzoo.core.data import DataConfig
+from genzoo.core.data_config import DataConfig
 from genzoo.core.registry import FamilyEntry, ModelEntry, SECTIONS, registry
 from genzoo.core.train_config import TrainConfig, validate_train
 from genzoo.errors import ConfigError

@@ -28,7 +28,7 @@ def likelihood_report(unit: str | None, total_nats: float, examples: int,
 def log_likelihood(model: Any, data: Any, device: torch.device,
                    batch_size: int = 256) -> dict[str, float]:
     """Through the one ``log_prob(batch)`` path every likelihood family implements."""
-    from genzoo.core.runner import batches
+    from genzoo.core.batching import batches
     total, n, units = 0.0, 0, 0
     with torch.no_grad():
         for batch in batches(data, batch_size, device):
@@ -75,7 +75,7 @@ def evaluate(run_path: str, split: str = "test", device: str = "cpu",
         out.update(sample_quality(loaded, data, split, sample_metrics, n_samples, features,
                                   seed, device))
     if save:
-        from genzoo.core.checkpoint import read_json, write_json
+        from genzoo.core.atomic import read_json, write_json
         path = loaded.path / "eval.json"
         old = read_json(path) if path.exists() else {}
         write_json(path, {**(old if isinstance(old, dict) else {}), **out,

@@ -19,7 +19,7 @@ def pyplot() -> Any:
 def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
     """Write `fig` as a PNG atomically (temp file + rename), then free it."""
     import matplotlib.pyplot as plt
-    from genzoo.core.checkpoint import atomic_write
+    from genzoo.core.atomic import atomic_write
     path = Path(path)
     atomic_write(path, lambda p: fig.savefig(p, dpi=dpi, format="png"))
     plt.close(fig)

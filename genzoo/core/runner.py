@@ -14,21 +14,25 @@ from typing import Any
 
 import torch
 
-from genzoo.core import checkpoint as ckpt
 from genzoo.core import config as configlib
 from genzoo.core import distributed as dist
 from genzoo.core import sample as samplelib
-from genzoo.core.data import DataConfig, batch_to_device
-from genzoo.core.data import load as load_data
+from genzoo.core.artifacts import load_artifacts
+from genzoo.core.batching import batches
+from genzoo.core.commit import recover, verify
+from genzoo.core.data_config import DataConfig
+from genzoo.core.sources import load as load_data
 from genzoo.core.factory import Plan, build_model, plan, versions
 from genzoo.core.registry import FamilyEntry, registry
+from genzoo.core.run_folder import TRAINER_JSON, WEIGHTS, Run, RunLock
 from genzoo.core.sampler import draw
+from genzoo.core.tensors import load_weights
 from genzoo.core.train_config import TrainConfig, pick_device, validate_train
 from genzoo.core.trainer import Trainer
 from genzoo.errors import CheckpointError, ConfigError, GenzooError
 
 
-def sample_writer(run: ckpt.Run, family: FamilyEntry, sampler_name: str | None,
+def sample_writer(run: Run, family: FamilyEntry, sampler_name: str | None,
                   options: dict[str, Any], seed: int, data: Any = None) -> Callable[[Any, int, int], None]:
     """A callback for the trainer: writes samples from a fixed generator, so samples over
     training show the same noise and progress is visible. Trainer grids use the sampler's
@@ -56,7 +60,7 @@ def _config_record(p: Plan, model: Any, overrides: dict[str, Any] | None) -> dic
 
 def train(name: str, preset: str = "quick", overrides: dict[str, Any] | None = None,
           out: str | os.PathLike | None = None, progress: bool = True,
-          stop_after: int | None = None) -> ckpt.Run:
+          stop_after: int | None = None) -> Run:
     """Train a registry model from scratch; returns the run folder. Everything that can fail on
     the user's input (config, data, model build) happens before the run folder exists. Under
     torchrun every rank trains its share and rank 0 alone writes the run."""
@@ -72,7 +76,7 @@ def train(name: str, preset: str = "quick", overrides: dict[str, Any] | None = N
             raise ConfigError(f"cannot build {p.entry.name} with this config ({first[:200]}); "
                               "use smaller sizes") from None
         model.setup(data)
-        run, lock = _on_main(lambda: ckpt.Run.create(p.entry.name, out), fresh=True)
+        run, lock = _on_main(lambda: Run.create(p.entry.name, out), fresh=True)
         try:
             if dist.is_main():
                 run.write_config(_config_record(p, model, overrides))
@@ -98,11 +102,11 @@ def train(name: str, preset: str = "quick", overrides: dict[str, Any] | None = N
 
 
 def resume(path: str | os.PathLike, steps: int | None = None, progress: bool = True,
-           device: str | None = None, stop_after: int | None = None) -> ckpt.Run:
+           device: str | None = None, stop_after: int | None = None) -> Run:
     """Continue a run from its last checkpoint (optionally to a new total of `steps`). The
     run's config is rewritten only after its checkpoint has loaded; a run being trained by
     another process is refused (RUN/.lock)."""
-    run = ckpt.Run.open(path)
+    run = Run.open(path)
     cfg = run.read_config()
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{run.config_path} is not a genzoo run config")
@@ -114,10 +118,10 @@ def resume(path: str | os.PathLike, steps: int | None = None, progress: bool = T
     validate_train(train_cfg)
     owned = not dist.active() and dist.init(train_cfg.device)
     try:
-        def take() -> ckpt.Run:
-            lock = ckpt.RunLock(run.path).acquire()
+        def take() -> Run:
+            lock = RunLock(run.path).acquire()
             try:
-                ckpt.recover(run.path)  # after a kill: finish or drop a half-written checkpoint
+                recover(run.path)  # after a kill: finish or drop a half-written checkpoint
             except BaseException:
                 lock.release()
                 raise
@@ -125,7 +129,7 @@ def resume(path: str | os.PathLike, steps: int | None = None, progress: bool = T
             return run
         _, lock = _on_main(take)
         try:
-            if not (run.path / ckpt.TRAINER_JSON).exists():
+            if not (run.path / TRAINER_JSON).exists():
                 raise CheckpointError(f"{run.path} has no trainer state to resume from")
             family = registry().get_family(_field(cfg, "family", run, str))
             model_cls = family.model_class()
@@ -153,7 +157,7 @@ def resume(path: str | os.PathLike, steps: int | None = None, progress: bool = T
             dist.shutdown()
 
 
-def _on_main(make: Callable[[], ckpt.Run], fresh: bool = False) -> tuple[ckpt.Run, Any]:
+def _on_main(make: Callable[[], Run], fresh: bool = False) -> tuple[Run, Any]:
     """``make()`` on rank 0 (create or open the run, take its lock); its run folder, or its
     one-line error, reaches every rank."""
     run, lock, error = None, None, None
@@ -163,7 +167,7 @@ def _on_main(make: Callable[[], ckpt.Run], fresh: bool = False) -> tuple[ckpt.Ru
             lock = getattr(run, "lock", None)
             if fresh:
                 try:
-                    lock = ckpt.RunLock(run.path).acquire()
+                    lock = RunLock(run.path).acquire()
                 except BaseException:
                     run.discard()
                     raise
@@ -177,10 +181,10 @@ def _on_main(make: Callable[[], ckpt.Run], fresh: bool = False) -> tuple[ckpt.Ru
         raise error
     if shared[1] is not None:
         raise CheckpointError(shared[1])
-    return (run if run is not None else ckpt.Run(shared[0])), lock
+    return (run if run is not None else Run(shared[0])), lock
 
 
-def _field(cfg: dict[str, Any], key: str, run: ckpt.Run, kind: type | None = None) -> Any:
+def _field(cfg: dict[str, Any], key: str, run: Run, kind: type | None = None) -> Any:
     if key not in cfg:
         raise CheckpointError(f"{run.config_path} has no {key!r}: not a genzoo run config")
     if kind is not None and not isinstance(cfg[key], kind):
@@ -190,7 +194,7 @@ def _field(cfg: dict[str, Any], key: str, run: ckpt.Run, kind: type | None = Non
     return cfg[key]
 
 
-def _finish(run: ckpt.Run, trainer: Trainer, data_cfg: DataConfig) -> None:
+def _finish(run: Run, trainer: Trainer, data_cfg: DataConfig) -> None:
     if trainer.step < trainer.total:
         return
     model = trainer.sampling_model()
@@ -205,14 +209,6 @@ def _finish(run: ckpt.Run, trainer: Trainer, data_cfg: DataConfig) -> None:
         loss_curve(run)
     except Exception:
         pass
-
-
-def batches(data: Any, batch_size: int, device: torch.device):
-    """Every example once, in order, converted for the model on `device`."""
-    idx = torch.arange(len(data))
-    for start in range(0, len(data), batch_size):
-        batch = data.batch(idx[start:start + batch_size])
-        yield batch_to_device(data, batch, device)
 
 
 def evaluate_loss(model: Any, data: Any, device: torch.device,
@@ -237,7 +233,7 @@ def evaluate_loss(model: Any, data: Any, device: torch.device,
 
 @dataclass
 class LoadedRun:
-    run: ckpt.Run
+    run: Run
     config: dict[str, Any]
     model: Any
     family: FamilyEntry
@@ -287,7 +283,7 @@ class LoadedRun:
 
 def load_run(path: str | os.PathLike, ema: bool = True, device: str = "cpu") -> LoadedRun:
     """Rebuild a trained model from its run folder (config.json + safetensors + artifacts)."""
-    run = ckpt.Run.open(path)
+    run = Run.open(path)
     cfg = run.read_config()
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{run.config_path} is not a genzoo run config")
@@ -298,25 +294,25 @@ def load_run(path: str | os.PathLike, ema: bool = True, device: str = "cpu") -> 
                                       what="model"))
     weights = run.ema_path if ema and run.ema_path.exists() else run.weights_path
     if not weights.exists():
-        raise CheckpointError(f"{run.path} has no weights yet ({ckpt.WEIGHTS} missing)")
-    ckpt.load_weights(model, weights)
-    ckpt.load_artifacts(model, run.path)
+        raise CheckpointError(f"{run.path} has no weights yet ({WEIGHTS} missing)")
+    load_weights(model, weights)
+    load_artifacts(model, run.path)
     model.to(pick_device(device)).eval()
     return LoadedRun(run, cfg, model, family)
 
 
-def _settle(run: ckpt.Run) -> None:
+def _settle(run: Run) -> None:
     """Before reading a run: finish a checkpoint a killed process left committed but not moved
     in, and check its files agree on one step. A run that a live process is training is read
     as it is (that process completes its own checkpoint)."""
     try:
-        lock = ckpt.RunLock(run.path).acquire()
+        lock = RunLock(run.path).acquire()
     except CheckpointError:
         return
     try:
-        ckpt.recover(run.path)
-        if (run.path / ckpt.TRAINER_JSON).exists():
-            ckpt.verify(run.path)
+        recover(run.path)
+        if (run.path / TRAINER_JSON).exists():
+            verify(run.path)
     finally:
         lock.release()
 

@@ -121,7 +121,7 @@ def image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
 
 
 def write_image(sample: ImageSample, stem: Path, reference: Any = None) -> list[Path]:
-    from genzoo.core.checkpoint import atomic_write
+    from genzoo.core.atomic import atomic_write
     from torchvision.utils import save_image
     path = Path(f"{stem}.png")
     grid = image_grid(sample.images, sample.nrow)
@@ -130,7 +130,7 @@ def write_image(sample: ImageSample, stem: Path, reference: Any = None) -> list[
 
 
 def write_text(sample: TextSample, stem: Path, reference: Any = None) -> list[Path]:
-    from genzoo.core.checkpoint import atomic_write
+    from genzoo.core.atomic import atomic_write
     txt, jsonl = Path(f"{stem}.txt"), Path(f"{stem}.jsonl")
     rule = "\n" + "-" * 72 + "\n"
     atomic_write(txt, lambda p: p.write_text(rule.join(sample.texts) + "\n", encoding="utf-8"))
@@ -161,7 +161,7 @@ def write_points(sample: PointSample, stem: Path, reference: Any = None) -> list
 
 
 def write_events(sample: EventSample, stem: Path, reference: Any = None) -> list[Path]:
-    from genzoo.core.checkpoint import atomic_write
+    from genzoo.core.atomic import atomic_write
     path = Path(f"{stem}.jsonl")
     atomic_write(path, lambda p: p.write_text(
         "".join(json.dumps({"i": i, "events": s}) + "\n" for i, s in enumerate(sample.sequences))))
@@ -192,7 +192,7 @@ def write(sample: Sample, stem: str | Path, reference: Any = None) -> list[Path]
         if isinstance(extra, Sample):
             paths += write(extra, extra_stem, reference)
         else:
-            from genzoo.core.checkpoint import atomic_write
+            from genzoo.core.atomic import atomic_write
             path = Path(f"{extra_stem}.txt")
             atomic_write(path, lambda p, t=str(extra): p.write_text(t + "\n", encoding="utf-8"))
             paths.append(path)

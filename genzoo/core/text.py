@@ -203,7 +203,7 @@ def _source_file(spec: Any, cfg: Any) -> Path | Any:
     loc = spec.location
     if loc.startswith("kaggle:"):
         from genzoo.core import kaggle
-        from genzoo.core.data import data_root
+        from genzoo.core.data_config import data_root
         slug = loc[len("kaggle:"):]
         folder = kaggle.download(slug, data_root(cfg.root)) if cfg.download else \
             kaggle.dataset_dir(slug, data_root(cfg.root))
@@ -220,7 +220,7 @@ def _split_documents(docs: list[str], split: str, fraction: float) -> list[str]:
         text = docs[0]
         cut = int(len(text) * (1 - fraction))
         return [text[:cut]] if split == "train" else [text[cut:]]
-    from genzoo.core.data import split_index
+    from genzoo.core.datasets import split_index
     idx = split_index(len(docs), split, fraction)
     return [docs[i] for i in idx.tolist()]
 

@@ -15,15 +15,21 @@ from typing import Any
 
 import torch
 
-from genzoo.core import checkpoint as ckpt
 from genzoo.core import distributed as dist
-from genzoo.core.data import StepBatches, batch_to_device
+from genzoo.core import faults
+from genzoo.core.artifacts import load_artifacts, save_artifacts
+from genzoo.core.atomic import read_json, write_json
+from genzoo.core.batching import StepBatches, batch_to_device
+from genzoo.core.commit import commit, stamp, verify
 from genzoo.core.progress import training_bar
+from genzoo.core.run_folder import EMA_WEIGHTS, TRAINER_JSON, TRAINER_TENSORS, WEIGHTS, Run
+from genzoo.core.tensors import (load_tensors, load_weights, optimizer_from_tensors,
+                                 optimizer_to_tensors, save_tensors, save_weights)
 # TrainConfig, StepContext ... live in train_config (a leaf); kept importable from here for code
 # written against genzoo.core.trainer (benchmarks/)
 from genzoo.core.train_config import (_CPU_BF16, StepContext, TrainConfig,  # noqa: F401
                                       cpu_bf16_matmul, pick_device, validate_train)
-from genzoo.errors import ConfigError, TrainingDiverged
+from genzoo.errors import CheckpointError, ConfigError, TrainingDiverged
 
 
 def total_steps(cfg: TrainConfig, per_epoch: int) -> int:
@@ -49,7 +55,7 @@ def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
 
 
 class Trainer:
-    def __init__(self, model: Any, data: Any, cfg: TrainConfig, run: ckpt.Run,
+    def __init__(self, model: Any, data: Any, cfg: TrainConfig, run: Run,
                  sample_fn: Callable[[Any, int, int], None] | None = None,
                  progress: bool = True):
         self.model, self.data, self.cfg, self.run = model, data, cfg, run
@@ -92,7 +98,7 @@ class Trainer:
                 f"the weights became nan or inf by step {self.step}; not saved. The last good "
                 f"checkpoint (step {self.last_good}) is in {self.run.path}; lower the learning "
                 "rate (--set lr=...) or set grad_clip")
-        meta = ckpt.stamp(self.step)
+        meta = stamp(self.step)
         rng = dist.gather_tensor(torch.get_rng_state())  # every rank's stream (all must call)
         rng_cuda = (dist.gather_tensor(torch.cuda.get_rng_state(self.device))
                     if self.device.type == "cuda" else [])
@@ -108,7 +114,7 @@ class Trainer:
                 tensors[f"rng.cuda.rank{r}"] = rng_cuda[r]
         optim_meta = {}
         for name, opt in self.optimizers.items():
-            t, m = ckpt.optimizer_to_tensors(name, opt)
+            t, m = optimizer_to_tensors(name, opt)
             tensors.update(t)
             optim_meta[name] = m
         state = {"step": self.step, "total_steps": self.total, "optimizers": optim_meta,
@@ -116,38 +122,38 @@ class Trainer:
                  "world_size": dist.size()}
 
         def write(folder: Path) -> None:
-            ckpt.save_weights(self.model, folder / ckpt.WEIGHTS, meta)
-            ckpt.fault("save:weights", self.step)
+            save_weights(self.model, folder / WEIGHTS, meta)
+            faults.fault("save:weights", self.step)
             if self.ema is not None:
-                ckpt.save_weights(self.ema.module, folder / ckpt.EMA_WEIGHTS, meta)
-            ckpt.save_artifacts(self.model, folder, meta)
-            ckpt.save_tensors(folder / ckpt.TRAINER_TENSORS, tensors, meta)
-            ckpt.write_json(folder / ckpt.TRAINER_JSON, state)
+                save_weights(self.ema.module, folder / EMA_WEIGHTS, meta)
+            save_artifacts(self.model, folder, meta)
+            save_tensors(folder / TRAINER_TENSORS, tensors, meta)
+            write_json(folder / TRAINER_JSON, state)
 
-        ckpt.fault("save:begin", self.step)
-        ckpt.commit(self.run.path, self.step, write)
+        faults.fault("save:begin", self.step)
+        commit(self.run.path, self.step, write)
         self.last_good = self.step
 
     def restore(self) -> None:
         """Load the run's checkpoint after checking that all its files hold one step."""
         where = self.run.path
-        step = ckpt.verify(where)
-        state = ckpt.read_json(where / ckpt.TRAINER_JSON)
-        tensors = ckpt.load_tensors(where / ckpt.TRAINER_TENSORS)
-        ckpt.load_weights(self.model, self.run.weights_path)
-        ckpt.load_artifacts(self.model, where)
+        step = verify(where)
+        state = read_json(where / TRAINER_JSON)
+        tensors = load_tensors(where / TRAINER_TENSORS)
+        load_weights(self.model, self.run.weights_path)
+        load_artifacts(self.model, where)
         if self.ema is not None and self.run.ema_path.exists():
-            ckpt.load_weights(self.ema.module, self.run.ema_path)
+            load_weights(self.ema.module, self.run.ema_path)
         if self.ema is not None:
-            ckpt.load_artifacts(self.ema.module, where)
+            load_artifacts(self.ema.module, where)
         try:
             optimizers = state["optimizers"]
             if not isinstance(optimizers, dict):
                 raise TypeError("optimizers is not a mapping")
             for name, opt in self.optimizers.items():
                 if name not in optimizers:
-                    raise ckpt.CheckpointError(f"trainer state has no optimizer {name!r}")
-                ckpt.optimizer_from_tensors(name, opt, tensors, optimizers[name])
+                    raise CheckpointError(f"trainer state has no optimizer {name!r}")
+                optimizer_from_tensors(name, opt, tensors, optimizers[name])
             r = dist.rank()
             same_world = state.get("world_size", 1) == dist.size()
             key = "rng.cpu" if r == 0 else f"rng.cpu.rank{r}"
@@ -158,14 +164,14 @@ class Trainer:
             ckey = "rng.cuda" if r == 0 else f"rng.cuda.rank{r}"
             if self.device.type == "cuda" and ckey in tensors:
                 torch.cuda.set_rng_state(tensors[ckey], self.device)
-        except ckpt.CheckpointError:
+        except CheckpointError:
             raise
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
-            raise ckpt.CheckpointError(f"the trainer state in {where} is damaged "
+            raise CheckpointError(f"the trainer state in {where} is damaged "
                                        f"({type(e).__name__}: {e}); re-train, or resume from "
                                        "a copy of the run") from None
         if step > self.total:
-            raise ckpt.CheckpointError(f"{where} is at step {step}, past its total of "
+            raise CheckpointError(f"{where} is at step {step}, past its total of "
                                        f"{self.total}; resume with --steps {step} or more")
         self.step = self.last_good = step
         if self.main:
@@ -177,7 +183,7 @@ class Trainer:
             return max(1, self.total // parts)
         return value
 
-    def fit(self, stop_after: int | None = None) -> ckpt.Run:
+    def fit(self, stop_after: int | None = None) -> Run:
         """Train to ``total`` steps; `stop_after` ends early (as a kill would) for tests."""
         cfg = self.cfg
         sample_every = self._every(cfg.sample_every, 4)
@@ -205,7 +211,7 @@ class Trainer:
                     # or checkpointing, so a NaN can never reach a saved checkpoint.
                     bad = ~torch.isfinite(loss) if bad is None else bad | ~torch.isfinite(loss)
                     self.step += 1
-                    ckpt.fault("step", self.step)  # tests: a kill between checkpoints
+                    faults.fault("step", self.step)  # tests: a kill between checkpoints
                     if self.ema is not None:
                         self.ema.update(self.model, step=self.step)
                     window_n += int(next(iter(batch.values())).shape[0])

@@ -1,0 +1,37 @@
+"""The ``data.*`` section of a run (``DataConfig``) and where downloaded and cached data lives
+(``data_root``). A leaf of the core: sources, loaders and the planner read it."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-mnist-1k"
+    path: str | None = None  # for the folder source: the image folder
+    size: int | None = None  # square side after resizing; None keeps the native size
+    channels: int | None = None  # 1 = grayscale, 3 = RGB; None keeps the native channels
+    limit: int | None = None  # use at most this many examples (folders, big Kaggle sets)
+    label: str | None = None  # attribute used as the class label (CelebA-style attribute CSVs)
+    root: str | None = None  # data root for downloads; default $GENZOO_DATA or ~/.cache/genzoo
+    download: bool = True
+    test_fraction: float = 0.1  # held-out share when the source has no official split
+    seq_len: int = 128  # text: tokens per training example (the model sees seq_len, predicts the next)
+    tokenizer: Literal["word", "char"] | None = None  # text: None = the dataset's default
+    vocab_size: int = 10_000  # text, word level: most frequent words kept (book: 10,000)
+    points: int = 3000  # generated point sets: how many (book: 3,000 two-moons points)
+    noise: float = 0.05  # generated point sets: noise of the generator (book: 0.05)
+    pad: int = 0  # images: zero pixels added on each side (the book pads 28x28 to 32x32)
+    mmap: bool | None = None  # folder/Kaggle images: memory-map the decoded cache (None: when > 1 GiB)
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    if root:
+        return Path(root).expanduser()
+    env = os.environ.get("GENZOO_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "genzoo" / "data"

@@ -1,0 +1,181 @@
+"""The built-in data sources and the one ``load`` every caller uses.
+
+A dataset is named in the registry (``DatasetSpec``) and built by a *loader*: a function
+``load(spec, cfg, split) -> Dataset`` named lazily as ``module:attr``. The built-in sources
+(embedded, torchvision, kaggle, folder, text, points) are such loaders (``SOURCES``); a plugin adds
+a data source by registering a dataset with ``loader="pkg.mod:load_x"``, without touching core.
+``load`` then applies the image settings every image source shares (limit, channels, size, pad,
+an attribute as the label).
+"""
+from __future__ import annotations
+
+import io
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from genzoo.core.data_config import DataConfig, data_root
+from genzoo.core.datasets import ImageData, PointData, split_index
+from genzoo.core.image_folder import load_image_folder
+from genzoo.errors import DataError
+
+SOURCES: dict[str, str] = {
+    "embedded": "genzoo.core.sources:load_embedded",
+    "torchvision": "genzoo.core.sources:load_torchvision",
+    "kaggle": "genzoo.core.sources:load_kaggle",
+    "folder": "genzoo.core.sources:load_folder",
+    "text": "genzoo.core.text:load_text",
+    "points": "genzoo.core.sources:load_points",
+}
+
+
+def load(cfg: DataConfig, split: str = "train", entry: Any | None = None) -> Any:
+    """Load the dataset named by `cfg` through its loader (a registry entry may be passed)."""
+    from genzoo.core.registry import registry, resolve
+    if split not in ("train", "test"):
+        raise DataError(f"unknown split {split!r}; valid: train, test")
+    if entry is None:
+        entry = registry().get_dataset(cfg.name)
+    ref = entry.loader or SOURCES.get(entry.source)
+    if ref is None:
+        raise DataError(f"dataset {entry.name!r} has unknown source {entry.source!r} and no "
+                        f"loader; valid sources: {', '.join(SOURCES)}")
+    data = resolve(ref, f"loader of dataset {entry.name!r}")(entry, cfg, split)
+    if isinstance(data, ImageData):
+        data = _transform(data, cfg)
+        if cfg.label is not None:
+            data = _label_from_attribute(data, cfg.label)
+    if len(data) == 0:
+        raise DataError(f"dataset {entry.name!r} has no {split} examples")
+    return data
+
+
+def load_embedded(entry: Any, cfg: DataConfig, split: str) -> Any:
+    import numpy as np
+    import torch
+    ref = resources.files("genzoo.data").joinpath(entry.location)
+    with ref.open("rb") as f:
+        arrays = np.load(io.BytesIO(f.read()), allow_pickle=False)
+        images, labels = arrays["images"], arrays["labels"]
+        classes = [str(c) for c in arrays[entry.options.get("class_key", "class_names")]] \
+            if entry.options.get("class_key", "class_names") in arrays.files else list(entry.classes)
+    x = torch.from_numpy(images)
+    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    idx = split_index(len(x), split, cfg.test_fraction)
+    x, y = x[idx].contiguous(), torch.from_numpy(labels)[idx]
+    attrs = None
+    if classes:  # categories double as binary attributes ("Smileys & Emotion")
+        attrs = torch.nn.functional.one_hot(y, len(classes)).bool()
+    return ImageData(x, y.long(), classes, attrs, classes, entry.name)
+
+
+def load_torchvision(entry: Any, cfg: DataConfig, split: str) -> ImageData:
+    import numpy as np
+    import torch
+    import torchvision.datasets as tvd
+    cls = getattr(tvd, entry.location)
+    root = data_root(cfg.root) / "torchvision"
+    try:
+        ds = cls(str(root), train=(split == "train"), download=False)
+    except RuntimeError:
+        if not cfg.download:
+            raise DataError(f"{entry.location} is not under {root} and download is off") from None
+        try:
+            ds = cls(str(root), train=(split == "train"), download=True)
+        except Exception as e:
+            raise DataError(
+                f"could not download {entry.location} into {root} ({type(e).__name__}); are you "
+                f"offline? Copy the torchvision files there, set --data-root, or use an embedded "
+                f"dataset such as fashion-mnist-1k") from None
+    images = np.asarray(ds.data)
+    x = torch.from_numpy(images)
+    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    if cfg.limit:
+        x = x[: cfg.limit]
+    y = torch.as_tensor(np.asarray(ds.targets))[: len(x)].long()
+    return ImageData(x.contiguous(), y, list(getattr(ds, "classes", [])), name=entry.name)
+
+
+def load_kaggle(entry: Any, cfg: DataConfig, split: str) -> Any:
+    from genzoo.core import kaggle
+    folder = kaggle.download(entry.location, data_root(cfg.root)) if cfg.download else \
+        kaggle.dataset_dir(entry.location, data_root(cfg.root))
+    if not folder.exists():
+        raise DataError(f"Kaggle dataset {entry.location} is not under {folder} and "
+                        "download is off (--set download=true to fetch it)")
+    return load_image_folder(folder, cfg, split, entry.options, cfg.name)
+
+
+def load_folder(entry: Any, cfg: DataConfig, split: str) -> ImageData:
+    if not cfg.path:
+        raise DataError("the folder source needs a path: --data folder:PATH")
+    return load_image_folder(Path(cfg.path).expanduser(), cfg, split, entry.options, "folder")
+
+
+def load_points(entry: Any, cfg: DataConfig, split: str) -> PointData:
+    """Generated 2-D point sets (``location: moons``), standardised with the training split's
+    statistics; the same seed (0) every time, so every run sees the same points."""
+    import torch
+    if cfg.points < 2:
+        raise DataError(f"points must be >= 2, got {cfg.points}")
+    if not cfg.noise >= 0:
+        raise DataError(f"noise must be >= 0, got {cfg.noise}")
+    if entry.location == "moons":
+        from sklearn.datasets import make_moons
+        x, _ = make_moons(cfg.points, noise=cfg.noise, random_state=0)
+    else:
+        raise DataError(f"unknown generated point set {entry.location!r}; valid: moons")
+    x = torch.from_numpy(x).float()
+    train = x[split_index(len(x), "train", cfg.test_fraction)]
+    mean, std = train.mean(0), train.std(0)
+    chosen = train if split == "train" else x[split_index(len(x), "test", cfg.test_fraction)]
+    return PointData((chosen - mean) / std, mean, std, entry.name)
+
+
+def _transform(data: ImageData, cfg: DataConfig) -> ImageData:
+    """limit, channels, size, pad; computed in float, stored back as uint8."""
+    import torch
+    import torch.nn.functional as F
+    x = data.x
+    if cfg.limit is not None and cfg.limit < 1:
+        raise DataError(f"limit must be >= 1, got {cfg.limit}")
+    if cfg.limit and len(x) > cfg.limit:
+        x = x[: cfg.limit]
+        data.y = data.y[: cfg.limit] if data.y is not None else None
+        data.attributes = data.attributes[: cfg.limit] if data.attributes is not None else None
+    change_channels = cfg.channels is not None and cfg.channels != x.shape[1]
+    resize = cfg.size is not None and (x.shape[-1] != cfg.size or x.shape[-2] != cfg.size)
+    if change_channels or resize:
+        xf = x.float() / 255.0
+        if change_channels:
+            if cfg.channels == 1 and xf.shape[1] == 3:
+                xf = (xf * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            elif cfg.channels == 3 and xf.shape[1] == 1:
+                xf = xf.expand(-1, 3, -1, -1)
+            else:
+                raise DataError(f"cannot convert {x.shape[1]} channels to {cfg.channels}; valid: 1, 3")
+        if resize:
+            if cfg.size < 1:
+                raise DataError(f"size must be >= 1, got {cfg.size}")
+            xf = F.interpolate(xf, size=(cfg.size, cfg.size), mode="bilinear", antialias=True,
+                               align_corners=False)
+        x = (xf.clamp(0, 1) * 255).round().to(torch.uint8)
+    if cfg.pad:
+        if cfg.pad < 0:
+            raise DataError(f"pad must be >= 0, got {cfg.pad}")
+        if data.mapped and not (change_channels or resize):
+            data.pad_px = cfg.pad
+        else:
+            x = F.pad(x, (cfg.pad,) * 4)  # zeros: black borders, as the book pads 28x28 to 32x32
+    data.x = x.contiguous()
+    return data
+
+
+def _label_from_attribute(data: ImageData, label: str) -> ImageData:
+    if data.attributes is None or label not in data.attribute_names:
+        valid = ", ".join(data.attribute_names) or "(this dataset has no attributes)"
+        raise DataError(f"unknown attribute {label!r}; available: {valid}")
+    col = data.attribute_names.index(label)
+    data.y = data.attributes[:, col].long()
+    data.classes = [f"not {label}", label]
+    return data
