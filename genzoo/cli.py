@@ -381,6 +381,7 @@ def _launch(name: str | None, nproc: int, kw: dict[str, Any]) -> None:
             "train.device": kw["device"], "train.seed": kw["seed"], "data.root": kw["data_root"]},
             **_data_option(kw["data_name"])))
         device = p.train.device
+        distributed.check_nproc(nproc, device)  # before the split: more ranks than devices first
         if p.train.batch_size % nproc:
             raise click.BadParameter(f"batch_size {p.train.batch_size} does not split over {nproc} "
                                      f"processes; use a multiple of {nproc}", param_hint="--nproc")
@@ -529,7 +530,8 @@ def sample(ctx: click.Context, run: str, n: int, sampler_name: str | None, sets:
     for key, value in (("label", label), ("prompt", prompt)):  # the shortcuts
         if value is not None:
             if key in inputs and inputs[key] != value:
-                raise click.UsageError(f"--{key} and --input {key}=... disagree; give one")
+                from genzoo.errors import ConfigError
+                raise ConfigError(f"--{key} and --input {key}=... disagree; give one")
             inputs[key] = value
     inputs["show"] = views
     result = loaded.sample(n, seed=seed, sampler=sampler_name, inputs=inputs, **parse_set(sets))

@@ -30,7 +30,8 @@ class Broken:
 
 def references(reg: Registry) -> Iterator[tuple[str, str, Any, str]]:
     """(entry, field, reference, what it must be) for every code reference in `reg`: "class"
-    for models and samplers, "callable" for loaders and writers."""
+    for models and samplers, "callable" for loaders and writers, "source" for a dataset without
+    a loader of its own (its source must be one that has one)."""
     for name, fam in reg.families.items():
         yield f"family {name}", "model", fam.model, "class"
         for sampler, ref in fam.samplers.items():
@@ -38,15 +39,18 @@ def references(reg: Registry) -> Iterator[tuple[str, str, Any, str]]:
     for name, spec in reg.datasets.items():
         if spec.loader is not None:
             yield f"dataset {name}", "loader", spec.loader, "callable"
-        else:  # the source's own loader: an unknown source has none
-            yield f"dataset {name}", f"source {spec.source}", SOURCES.get(spec.source), "callable"
+        else:
+            yield f"dataset {name}", "source", spec.source, "source"
     for kind, writer in reg.writers.items():
         yield f"writer {kind}", "writer", writer, "callable"
 
 
 def _problem(ref: Any, want: str) -> str | None:
-    if ref is None:
-        return f"RegistryError: unknown source; valid: {', '.join(SOURCES)}"
+    if want == "source":  # the loader is the source's
+        if ref not in SOURCES:
+            return (f"RegistryError: unknown source and no loader given; sources with a "
+                    f"loader: {', '.join(SOURCES)}")
+        ref, want = SOURCES[ref], "callable"
     try:
         obj = resolve(ref, "it")
     except RegistryError as e:

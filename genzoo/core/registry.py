@@ -127,13 +127,15 @@ class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: 
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *x` keys may be overridden
                 continue
             key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
             try:
-                first = seen.setdefault(key, key_node.start_mark.line + 1)
+                first = seen.get(key)
             except TypeError:  # an unhashable key: the base class says why, below
                 continue
-            if first != key_node.start_mark.line + 1:
-                raise RegistryError(f"{self.name}: duplicate key {key!r} at lines {first} and "
-                                    f"{key_node.start_mark.line + 1}; keep one")
+            if first is not None:
+                where = f"twice on line {line}" if first == line else f"at lines {first} and {line}"
+                raise RegistryError(f"{self.name}: duplicate key {key!r} {where}; keep one")
+            seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
 
