@@ -17,12 +17,11 @@ from genzoo.plugins.diffusion import (SCHEDULES, DDIMSampler, DDPMSampler, Diffu
                                       DiffusionModel, diffusion_schedule, level_sequence,
                                       reverse_diffusion, sinusoidal_embedding)
 
-TINY = dict(image_size=8, widths=(8, 16), block_depth=1, embedding_dim=8)
-
-
-def tiny(**kw) -> DiffusionModel:
+def small(**kw) -> DiffusionModel:
+    """A seeded two-width U-Net on 8x8 images (training runs use the `tiny` fixture)."""
     torch.manual_seed(0)
-    return DiffusionModel(DiffusionConfig(**{**TINY, **kw})).eval()
+    cfg = {"image_size": 8, "widths": (8, 16), "block_depth": 1, "embedding_dim": 8, **kw}
+    return DiffusionModel(DiffusionConfig(**cfg)).eval()
 
 
 class Oracle(torch.nn.Module):
@@ -46,7 +45,7 @@ def test_every_schedule_keeps_unit_variance_and_is_monotone(name):
     assert (signal[1:] <= signal[:-1]).all() and (signal[1:] < signal[:-1]).sum() > 900
     assert (noise[1:] >= noise[:-1]).all()
     assert 0 <= float(signal.min()) and float(signal.max()) <= 1
-    model = tiny(noise_schedule=name)  # the model's table is the same schedule
+    model = small(noise_schedule=name)  # the model's table is the same schedule
     i = torch.arange(model.schedule_length + 1)
     n, s = model.rates(i)
     assert torch.allclose(s.flatten(), signal.float(), atol=1e-6)
@@ -59,7 +58,7 @@ def test_offset_cosine_ends_at_the_books_rates():
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_ddim_with_the_true_noise_reconstructs_x0_exactly(schedule):
-    model = tiny(noise_schedule=schedule).double()
+    model = small(noise_schedule=schedule).double()
     x0 = torch.randn(3, 3, 8, 8, dtype=torch.float64)
     model.network = Oracle(model, x0)
     start = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -72,13 +71,16 @@ def test_ddim_with_the_true_noise_reconstructs_x0_exactly(schedule):
 
 
 def test_ddpm_step_is_ddim_with_eta_one():
-    model = tiny().double()
+    model = small().double()
     start = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     a, _ = reverse_diffusion(model, start, 6, eta=1.0, generator=torch.Generator().manual_seed(5))
     b, _ = reverse_diffusion(model, start, 6, ancestral=True, generator=torch.Generator().manual_seed(5))
     c, _ = reverse_diffusion(model, start, 6, eta=0.0)
     assert torch.allclose(a, b, atol=1e-9)
     assert not torch.allclose(a, c)
+    for stochastic in ({"eta": 1.0}, {"ancestral": True}):  # fresh noise only from a generator
+        with pytest.raises(ValueError, match="needs a generator"):
+            reverse_diffusion(model, start, 6, **stochastic)
 
 
 def test_level_sequence_runs_from_T_to_0_without_repeats():
@@ -96,7 +98,7 @@ def test_sinusoidal_embedding_is_the_books():
 
 
 def test_unet_shapes_zero_start_and_book_parameter_count():
-    model = tiny()
+    model = small()
     x = torch.randn(2, 3, 8, 8)
     assert torch.equal(model(x, torch.rand(2)), torch.zeros(2, 3, 8, 8))  # zero-initialised head
     assert genzoo.create_model("ddm", preset="book").num_params() == 1_948_579
@@ -104,7 +106,7 @@ def test_unet_shapes_zero_start_and_book_parameter_count():
 
 @pytest.mark.parametrize("sampler", [DDIMSampler, DDPMSampler])
 def test_same_seed_same_images(sampler):
-    model = tiny()
+    model = small()
     torch.nn.init.normal_(model.network.head.weight, std=0.1)
     draw = lambda seed: sampler(steps=5).sample(model, 3, torch.Generator().manual_seed(seed))  # noqa: E731
     a, b, c = draw(0), draw(0), draw(1)
@@ -114,7 +116,7 @@ def test_same_seed_same_images(sampler):
 
 
 def test_show_process_is_a_grid_of_frames_per_sample():
-    model = tiny()
+    model = small()
     out = DDIMSampler(steps=6, frames=4).sample(model, 10, torch.Generator().manual_seed(0),
                                                 show=("process",))
     proc = out.extras["process"]
@@ -130,22 +132,20 @@ def _images(n=40, size=8, seed=0):
 
 def test_setup_computes_per_channel_statistics():
     data = _images()
-    model = tiny()
+    model = small()
     model.setup(data)
     x = data.images()
     assert torch.allclose(model.data_mean.flatten(), x.mean((0, 2, 3)), atol=1e-5)
     assert torch.allclose(model.data_std.flatten(), x.std((0, 2, 3), unbiased=False), atol=1e-5)
 
 
-def _train(tmp_path, **over):
-    cfg = {"train.steps": 4, "batch_size": 8, "sample_every": 0, "sample_n": 2, "log_every": 1,
-           "widths": [8, 16], "block_depth": 1, "embedding_dim": 8, "data.size": 16,
-           "data.limit": 64, **over}
-    return api.train("ddm", "quick", cfg, out=tmp_path / "run", progress=False)
+def _train(tmp_path, tiny, **over):
+    return api.train("ddm", "quick", tiny("ddm", steps=4, **over), out=tmp_path / "run",
+                     progress=False)
 
 
-def test_run_stores_statistics_and_samples_from_ema_weights(tmp_path):
-    run = _train(tmp_path, ema_decay=0.5)
+def test_run_stores_statistics_and_samples_from_ema_weights(tmp_path, tiny):
+    run = _train(tmp_path, tiny, **{"train.ema_decay": 0.5})
     loaded = api.load_run(run.path)
     raw = api.load_run(run.path, ema=False)
     data = loaded.data("train")
@@ -153,20 +153,25 @@ def test_run_stores_statistics_and_samples_from_ema_weights(tmp_path):
     # the statistics come back with the run (they are artifacts, not weights)
     assert (run.path / "artifacts.safetensors").exists()
     assert torch.allclose(loaded.model.data_mean.flatten(), x.mean((0, 2, 3)), atol=1e-4)
-    assert torch.allclose(raw.model.data_std.flatten(), loaded.model.data_std.flatten())
+    for m in (loaded.model, raw.model):  # both loads, against the data (not the 0.5 defaults)
+        assert torch.allclose(m.data_std.flatten(), x.std((0, 2, 3), unbiased=False), atol=1e-4)
     # the EMA weights are the ones loaded and sampled, and they differ from the raw ones
     from safetensors.torch import load_file
     ema = load_file(str(run.path / "model_ema.safetensors"))
     key = "network.head.weight"
+    assert ema[key].abs().max() > 0  # trained off its zero init: the equality below is a load
     assert torch.equal(loaded.model.state_dict()[key], ema[key])
     assert not torch.equal(raw.model.state_dict()[key], ema[key])
+    weights = load_file(str(run.path / "model.safetensors"))
+    assert weights[key].abs().max() > 0
+    assert torch.equal(raw.model.state_dict()[key], weights[key])
     a = loaded.sample(2, seed=0, steps=3)
     assert torch.equal(a.images, loaded.sample(2, seed=0, steps=3).images)
     assert not torch.equal(a.images, raw.sample(2, seed=0, steps=3).images)
 
 
 def test_latent_protocol_interpolates_noise_maps(tmp_path):
-    model = tiny()
+    model = small()
     assert latent.is_latent_model(model) and not latent.has_encoder(model)
     assert model.latent_dim == 3 * 8 * 8
     z0, z1 = latent.endpoints(model, 2, torch.Generator().manual_seed(0))
@@ -177,8 +182,8 @@ def test_latent_protocol_interpolates_noise_maps(tmp_path):
     assert torch.allclose(grid[0], ddim.images[0], atol=1e-5)
 
 
-def test_cli_sample_interpolate_and_bad_input(tmp_path):
-    run = _train(tmp_path)
+def test_cli_sample_interpolate_and_bad_input(tmp_path, tiny):
+    run = _train(tmp_path, tiny)
     r = CliRunner()
     ok = r.invoke(cli, ["sample", str(run.path), "--n", "2", "--set", "steps=3", "--show-process",
                         "--out", str(tmp_path / "s")])
@@ -210,6 +215,6 @@ def test_bad_configs_are_one_line():
     with pytest.raises(ValueError, match="steps must be >= 1"):
         DDPMSampler.Options(steps=0)
     with pytest.raises(ConfigError, match="schedule's length"):
-        model = tiny(timesteps=10)
+        model = small(timesteps=10)
         from genzoo.core.sampler import draw
         draw(model, DDIMSampler(steps=11), 1, torch.Generator())

@@ -11,12 +11,10 @@ from genzoo.cli import cli
 from genzoo.core.sampler import draw
 from genzoo.plugins.ebm import EBM, EBMConfig, LangevinSampler, langevin
 
-# small and fast: 10 Langevin steps, a 256-image buffer, batches of 32
-TINY = {"langevin_steps": 10, "buffer_size": 256, "batch_size": 32, "sample_every": 0,
-        "sample_n": 4, "log_every": 5, "lr": 1e-3, "data.limit": 384}  # per split: 384 train, 384 test
 
-
-def tiny(**kw):
+def small(**kw) -> EBM:
+    """A seeded two-conv EBM on 16x16 images with a 64-image buffer (training runs use the
+    `tiny` fixture: 10 Langevin steps, a 256-image buffer, batches of 32)."""
     torch.manual_seed(0)
     return EBM(EBMConfig(image_size=16, filters=[8, 16], dense=16, buffer_size=64, **kw))
 
@@ -28,7 +26,7 @@ def test_the_books_network_has_the_books_parameter_count():
 
 
 def test_langevin_steps_lower_the_energy_of_a_batch_on_average():
-    model = tiny()
+    model = small()
     x = torch.rand(16, 1, 16, 16) * 2 - 1
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -43,7 +41,7 @@ def test_langevin_steps_lower_the_energy_of_a_batch_on_average():
 
 
 def test_langevin_leaves_no_parameter_gradients():
-    model = tiny()
+    model = small()
     model.negatives(8, torch.device("cpu"))  # the training path (buffer + Langevin)
     assert all(p.grad is None for p in model.parameters())
     sample = draw(model, LangevinSampler(steps=5), 4, torch.Generator().manual_seed(0))
@@ -53,13 +51,13 @@ def test_langevin_leaves_no_parameter_gradients():
 
 
 def test_replay_buffer_takes_fresh_noise_and_wraps_around():
-    model = tiny(fresh=0.5)
+    model = small(fresh=0.5)
     for _ in range(3):
         model.negatives(24, torch.device("cpu"))
     # the first call also seeds the buffer with one batch of noise, as the book does
     assert model.replay_count == 64 and model.replay_head == (24 + 24 * 3) % 64
     art = model.artifacts()
-    other = tiny(fresh=0.5)  # same weights (seed 0), an empty buffer
+    other = small(fresh=0.5)  # same weights (seed 0), an empty buffer
     other.load_artifacts(art)
     assert torch.equal(other.replay, model.replay)
     a = model.negatives(8, torch.device("cpu"))
@@ -68,7 +66,7 @@ def test_replay_buffer_takes_fresh_noise_and_wraps_around():
 
 
 def test_sampling_is_reproducible_and_shows_chains():
-    model = tiny()
+    model = small()
     s1 = draw(model, LangevinSampler(steps=6, frames=4), 3, torch.Generator().manual_seed(1),
               {"show": ("chain",)})
     s2 = draw(model, LangevinSampler(steps=6, frames=4), 3, torch.Generator().manual_seed(1))
@@ -87,8 +85,9 @@ def test_bad_sampler_options_are_refused(options, word):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    from tiny import tiny  # tests/tiny.py, as the `tiny` fixture (function-scoped) gives it
     out = tmp_path_factory.mktemp("ebm") / "run"
-    return api.train("ebm", "quick", {"train.steps": 30, **TINY}, out=out, progress=False)
+    return api.train("ebm", "quick", tiny("ebm", steps=30), out=out, progress=False)
 
 
 def test_energy_of_data_falls_below_energy_of_noise_after_a_short_run(run):
@@ -103,17 +102,27 @@ def test_energy_of_data_falls_below_energy_of_noise_after_a_short_run(run):
         assert loaded.model.energy(data).mean() < loaded.model.energy(noise).mean()
 
 
-def test_the_buffer_round_trips_through_save_and_load(run):
+def test_weights_and_buffer_round_trip_through_save_and_load(run):
     saved = load_file(str(run.path / "artifacts.safetensors"))
+    weights = load_file(str(run.path / "model.safetensors"))
     loaded = api.load_run(run.path)
+    state = loaded.model.state_dict()
+    assert weights.keys() == state.keys()
+    for k in weights:
+        assert torch.equal(state[k], weights[k]), k
+    # the saved weights are trained, not the init a fresh model (the run's seed) starts from,
+    # so the equality above is a real load
+    torch.manual_seed(loaded.config["train"]["seed"])
+    initial = EBM(loaded.model.config).state_dict()
+    assert all(not torch.equal(weights[k], initial[k]) for k in weights)
     count = int(saved["replay_state"][0])
     assert count == 256 and loaded.model.replay_count == count  # 30 batches of 32 fill 256
     assert torch.equal(loaded.model.replay[:count], saved["replay"])
     assert torch.equal(loaded.model.generator.get_state(), saved["replay_rng"])
 
 
-def test_resume_is_bit_exact_buffer_included(tmp_path):
-    cfg = {"train.steps": 8, **TINY, "buffer_size": 64}
+def test_resume_is_bit_exact_buffer_included(tmp_path, tiny):
+    cfg = tiny("ebm", steps=8, **{"model.buffer_size": 64})
     full = api.train("ebm", "quick", cfg, out=tmp_path / "full", progress=False)
     half = api.train("ebm", "quick", cfg, out=tmp_path / "half", progress=False, stop_after=4)
     assert json.loads((half.path / "trainer.json").read_text())["step"] == 4

@@ -12,16 +12,15 @@ from genzoo.core import checkpoint as ckpt
 from genzoo.errors import ConfigError
 from genzoo.plugins.realnvp import DensityMap, InverseSampler, PointMap, RealNVP, RealNVPConfig
 
-TINY = {"couplings": 4, "hidden": 16, "layers": 2, "sample_every": 0, "batch_size": 64}
 
-
-def tiny(**kw):
+def small(**kw) -> RealNVP:
+    """A seeded flow in float64, for exact-maths checks (training runs use the `tiny` fixture)."""
     torch.manual_seed(0)
     return RealNVP(RealNVPConfig(**{"couplings": 3, "hidden": 16, "layers": 2, **kw})).double().eval()
 
 
 def test_inverse_undoes_forward():
-    model = tiny()
+    model = small()
     x = torch.randn(64, 2, dtype=torch.double) * 2
     z, _ = model(x)
     assert not torch.allclose(z, x)
@@ -30,7 +29,7 @@ def test_inverse_undoes_forward():
 
 
 def test_log_det_equals_the_jacobians():
-    model = tiny(couplings=4)
+    model = small(couplings=4)
     x = torch.randn(6, 2, dtype=torch.double)
     _, log_det = model(x)
     for i in range(len(x)):
@@ -39,7 +38,7 @@ def test_log_det_equals_the_jacobians():
 
 
 def test_density_integrates_to_one():
-    model = tiny()
+    model = small()
     axis, logp = model.density_grid(grid=401, extent=10.0)
     # trapezoid over x then y, in double: a density integrates to 1 over a box holding its mass
     mass = DensityMap(axis.double(), logp.double()).mass()
@@ -60,7 +59,7 @@ def test_bad_config_fails_in_one_line():
 
 
 def test_sampling_is_reproducible_and_temperature_narrows_it():
-    model = tiny().float()
+    model = small().float()
     sampler = InverseSampler()
     a = sampler.sample(model, 500, torch.Generator().manual_seed(3))
     b = sampler.sample(model, 500, torch.Generator().manual_seed(3))
@@ -71,11 +70,16 @@ def test_sampling_is_reproducible_and_temperature_narrows_it():
     assert torch.allclose(zc, za * 0.3, atol=1e-4)  # same noise, scaled in latent space
 
 
-def test_loss_falls_on_two_moons_and_resume_is_bit_exact(tmp_path):
-    cfg = {"train.steps": 60, "lr": 3e-3, "schedule": "cosine", "log_every": 10, **TINY}
+def test_loss_falls_on_two_moons_and_resume_is_bit_exact(tmp_path, tiny):
+    cfg = tiny("realnvp", steps=60, **{"train.lr": 3e-3, "train.schedule": "cosine",
+                                       "train.log_every": 10})
     full = api.train("realnvp", "quick", cfg, out=tmp_path / "full", progress=False)
     losses = [m["loss"] for m in full.metrics() if "split" not in m]
-    assert losses[-1] < losses[0] - 0.3, losses
+    # a trend over the whole run, not one lucky batch: nearly every logged step is lower than
+    # the one before, and the last steps sit well below the first ones
+    assert len(losses) >= 5, losses
+    assert sum(b < a for a, b in zip(losses, losses[1:])) >= len(losses) - 2, losses
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.3, losses
     half = api.train("realnvp", "quick", cfg, out=tmp_path / "half", progress=False, stop_after=25)
     assert json.loads((half.path / "trainer.json").read_text())["step"] == 25
     api.resume(half.path, progress=False)
