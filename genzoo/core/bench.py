@@ -68,17 +68,19 @@ def bench_data(p: Any, batch_size: int) -> Any:
 def plan_from_run(path: str, device: str) -> Any:
     """The Plan a run was trained with (its config.json), to bench that exact model."""
     from genzoo.core import config as configlib
-    from genzoo.core.run_folder import Run
     from genzoo.core.data_config import DataConfig
-    from genzoo.core.factory import Plan
+    from genzoo.core.factory import Plan, family_of, run_field
     from genzoo.core.registry import registry
-    cfg = Run.open(path).read_config()
-    reg = registry()
-    family = reg.get_family(cfg["family"])
-    train = configlib.build(TrainConfig, {**cfg["train"], "device": device}, what="train")
-    data = configlib.build(DataConfig, cfg["data"], what="data")
-    return Plan(reg.get(cfg["name"]), family, family.model_class(), cfg.get("preset", "?"),
-                cfg["model"], train, data, cfg.get("sampler"))
+    from genzoo.core.run_folder import Run
+    r = Run.open(path)
+    cfg, where = r.read_config(), r.config_path
+    family = family_of(cfg, where)
+    train = configlib.build(TrainConfig, {**run_field(cfg, "train", where, dict), "device": device},
+                            what="train")
+    data = configlib.build(DataConfig, run_field(cfg, "data", where, dict), what="data")
+    return Plan(registry().get(run_field(cfg, "name", where, str)), family, family.model_class(),
+                cfg.get("preset", "?"), run_field(cfg, "model", where, dict), train, data,
+                cfg.get("sampler"))
 
 
 def _proc_status_mb(field: str) -> float | None:
@@ -118,7 +120,7 @@ def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: i
                 batch_size: int | None = None, n_samples: int = 16,
                 steps_per_repeat: int = 10, run: str | None = None) -> list[dict[str, Any]]:
     """`run`: bench the model of a run folder (its config; its trained weights for sampling)."""
-    from genzoo.core.factory import build_model, plan
+    from genzoo.core.factory import build_from_config, build_model, plan
     from genzoo.core.registry import registry
     from genzoo.core.sampler import draw
     dev = pick_device(device)
@@ -128,15 +130,13 @@ def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: i
     p.train.batch_size = bs
     data = bench_data(p, bs)
     torch.manual_seed(0)
-    model = build_model(p, data)
-    model.setup(data)
-    if run:
-        from genzoo.core.artifacts import load_artifacts
+    if run:  # the run's network with its weights and artifacts, as load_run rebuilds it
         from genzoo.core.run_folder import Run
-        from genzoo.core.tensors import load_weights
         r = Run.open(run)
-        load_weights(model, r.weights_path)
-        load_artifacts(model, r.path)
+        model = build_from_config(r.read_config(), r.config_path, r.weights_path)
+    else:
+        model = build_model(p, data)
+        model.setup(data)
     model.to(dev)
     out: list[dict[str, Any]] = []
     setting = f"preset={preset} batch={bs} params={model.num_params()}"

@@ -2,20 +2,26 @@
 
 ``plan`` resolves a registry entry into validated config sections without touching data or
 torch state; ``build_model`` makes the network, with shapes taken from the data (or from the
-dataset's registry entry when only the shape is needed).
+dataset's registry entry when only the shape is needed). ``build_from_config`` rebuilds the
+network a run's config.json describes (optionally with its weights and artifacts): the one path
+``load_run``, ``resume`` and ``zoo bench --run`` share.
 """
 from __future__ import annotations
 
 import difflib
+import os
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from genzoo.core import config as configlib
+from genzoo.core.artifacts import load_artifacts
 from genzoo.core.data_config import DataConfig
 from genzoo.core.registry import FamilyEntry, ModelEntry, SECTIONS, registry
+from genzoo.core.tensors import load_weights
 from genzoo.core.train_config import TrainConfig, validate_train
-from genzoo.errors import ConfigError
+from genzoo.errors import CheckpointError, ConfigError
 
 SECTION_CLASSES = {"train": TrainConfig, "data": DataConfig}
 # data keys that only mean something for images: set for text or points data, they fail rather
@@ -106,6 +112,42 @@ def build_model(p: Plan, data: Any | None) -> Any:
     derived = p.model_cls.config_from_data(data) if data is not None else {}
     cfg = configlib.build(p.model_cls.Config, {**derived, **p.model}, what=f"{p.entry.family} model")
     return p.model_cls(cfg)
+
+
+def run_field(config: Any, key: str, where: str | os.PathLike, kind: type | None = None) -> Any:
+    """``config[key]`` of a run's config.json (`where`, for the message), checked to exist and,
+    with `kind`, to be of that type: a damaged file fails in one line, never with a KeyError."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where} is not a genzoo run config")
+    if key not in config:
+        raise CheckpointError(f"{where} has no {key!r}: not a genzoo run config")
+    if kind is not None and not isinstance(config[key], kind):
+        raise CheckpointError(f"{where} is damaged: {key!r} should be a "
+                              f"{'mapping' if kind is dict else kind.__name__}, got "
+                              f"{type(config[key]).__name__}")
+    return config[key]
+
+
+def family_of(config: Any, where: str | os.PathLike = "config.json") -> FamilyEntry:
+    """The registry family a run's config.json names (its model class stays a lazy reference
+    until ``model_class()`` is called)."""
+    return registry().get_family(run_field(config, "family", where, str))
+
+
+def build_from_config(config: Any, where: str | os.PathLike = "config.json",
+                      weights: str | os.PathLike | None = None) -> Any:
+    """The network a run's config.json describes (timm's ``build_model_with_cfg``): its family's
+    Model class built from the saved ``model`` section, which holds every field, so nothing is
+    derived from data again. With `weights`, that safetensors file is loaded and the run's
+    artifacts beside it (a tokenizer, statistics) restored; without, the network is untrained
+    (``resume`` restores weights with the trainer state)."""
+    model_cls = family_of(config, where).model_class()
+    model = model_cls(configlib.build(model_cls.Config, run_field(config, "model", where, dict),
+                                      what="model"))
+    if weights is not None:
+        load_weights(model, Path(weights))
+        load_artifacts(model, Path(weights).parent)
+    return model
 
 
 class DataShape:

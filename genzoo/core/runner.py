@@ -17,16 +17,15 @@ import torch
 from genzoo.core import config as configlib
 from genzoo.core import distributed as dist
 from genzoo.core import sample as samplelib
-from genzoo.core.artifacts import load_artifacts
 from genzoo.core.batching import batches
 from genzoo.core.commit import recover, verify
 from genzoo.core.data_config import DataConfig
 from genzoo.core.sources import load as load_data
-from genzoo.core.factory import Plan, build_model, plan, versions
-from genzoo.core.registry import FamilyEntry, registry
+from genzoo.core.factory import (Plan, build_from_config, build_model, family_of, plan, run_field,
+                                 versions)
+from genzoo.core.registry import FamilyEntry
 from genzoo.core.run_folder import TRAINER_JSON, WEIGHTS, Run, RunLock
 from genzoo.core.sampler import draw
-from genzoo.core.tensors import load_weights
 from genzoo.core.train_config import TrainConfig, pick_device, validate_train
 from genzoo.core.trainer import Trainer
 from genzoo.errors import CheckpointError, ConfigError, GenzooError
@@ -108,9 +107,8 @@ def resume(path: str | os.PathLike, steps: int | None = None, progress: bool = T
     another process is refused (RUN/.lock)."""
     run = Run.open(path)
     cfg = run.read_config()
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{run.config_path} is not a genzoo run config")
-    train_cfg = configlib.build(TrainConfig, _field(cfg, "train", run, dict), what="train")
+    train_cfg = configlib.build(TrainConfig, run_field(cfg, "train", run.config_path, dict),
+                                what="train")
     if steps is not None:
         train_cfg.steps, train_cfg.epochs = steps, None
     if device is not None:
@@ -131,12 +129,11 @@ def resume(path: str | os.PathLike, steps: int | None = None, progress: bool = T
         try:
             if not (run.path / TRAINER_JSON).exists():
                 raise CheckpointError(f"{run.path} has no trainer state to resume from")
-            family = registry().get_family(_field(cfg, "family", run, str))
-            model_cls = family.model_class()
-            data_cfg = configlib.build(DataConfig, _field(cfg, "data", run, dict), what="data")
+            family = family_of(cfg, run.config_path)
+            data_cfg = configlib.build(DataConfig, run_field(cfg, "data", run.config_path, dict),
+                                       what="data")
             data = load_data(data_cfg, "train")
-            model = model_cls(configlib.build(model_cls.Config, _field(cfg, "model", run, dict),
-                                              what="model"))
+            model = build_from_config(cfg, run.config_path)  # weights: trainer.restore()
             trainer = Trainer(model, data, train_cfg, run,
                               sample_writer(run, family, cfg.get("sampler"),
                                             cfg.get("sampler_options") or {}, train_cfg.seed, data),
@@ -182,16 +179,6 @@ def _on_main(make: Callable[[], Run], fresh: bool = False) -> tuple[Run, Any]:
     if shared[1] is not None:
         raise CheckpointError(shared[1])
     return (run if run is not None else Run(shared[0])), lock
-
-
-def _field(cfg: dict[str, Any], key: str, run: Run, kind: type | None = None) -> Any:
-    if key not in cfg:
-        raise CheckpointError(f"{run.config_path} has no {key!r}: not a genzoo run config")
-    if kind is not None and not isinstance(cfg[key], kind):
-        raise CheckpointError(f"{run.config_path} is damaged: {key!r} should be a "
-                              f"{'mapping' if kind is dict else kind.__name__}, got "
-                              f"{type(cfg[key]).__name__}")
-    return cfg[key]
 
 
 def _finish(run: Run, trainer: Trainer, data_cfg: DataConfig) -> None:
@@ -288,15 +275,11 @@ def load_run(path: str | os.PathLike, ema: bool = True, device: str = "cpu") -> 
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{run.config_path} is not a genzoo run config")
     _settle(run)
-    family = registry().get_family(_field(cfg, "family", run, str))
-    model_cls = family.model_class()
-    model = model_cls(configlib.build(model_cls.Config, _field(cfg, "model", run, dict),
-                                      what="model"))
+    family = family_of(cfg, run.config_path)
     weights = run.ema_path if ema and run.ema_path.exists() else run.weights_path
     if not weights.exists():
         raise CheckpointError(f"{run.path} has no weights yet ({WEIGHTS} missing)")
-    load_weights(model, weights)
-    load_artifacts(model, run.path)
+    model = build_from_config(cfg, run.config_path, weights)
     model.to(pick_device(device)).eval()
     return LoadedRun(run, cfg, model, family)
 
