@@ -17,10 +17,6 @@ from genzoo.plugins.vae import (Autoencoder, AutoencoderConfig, VAE, VAEConfig,
                                 discretised_gaussian_log_prob)
 from cli_checks import one_line_error
 
-TINY = {"model.filters": "[8,16,32]", "model.latent_dim": 16, "train.batch_size": 50,
-        "train.lr": 0.005, "train.sample_every": 0, "train.log_every": 10}
-
-
 def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
@@ -66,7 +62,20 @@ def test_loss_is_beta_weighted_reconstruction_plus_kl():
     assert {"loss", "recon", "kl", "elbo", "mse"} <= set(out)
     expected = 7.0 * float(out["recon"]) + float(out["kl"])
     assert float(out["loss"].detach()) == pytest.approx(expected, rel=1e-5)
-    assert float(out["kl"]) >= 0
+
+
+@pytest.mark.parametrize("mean,var,kl", [
+    ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0], 0.0),  # the posterior is the prior
+    # per dim 0.5 (mu^2 + var - 1 - ln var): 0.5 (4 - ln 4) + 2 + 0.5 (-0.75 + ln 4) = 3.625
+    ([1.0, 2.0, 0.0], [4.0, 1.0, 0.25], 3.625),
+])
+def test_kl_is_the_closed_form_on_a_known_posterior(monkeypatch, mean, var, kl):
+    model = tiny_vae().train()
+    z_mean = torch.tensor([mean, mean])
+    z_log_var = torch.tensor([var, var]).log()
+    monkeypatch.setattr(model, "encode_dist", lambda x: (z_mean, z_log_var))
+    out = model.loss({"x": torch.rand(2, 1, 16, 16)})
+    assert float(out["kl"]) == pytest.approx(kl, abs=1e-6)
 
 
 def test_kl_matches_torch_distributions():
@@ -123,12 +132,13 @@ def test_default_sigma_makes_the_loss_the_negative_elbo():
 def tiny_run(tmp_path_factory):
     """Brief training of each family, shared by the tests below (the real quick presets are the
     slow test at the end of this file)."""
+    from tiny import tiny as make  # tests/tiny.py, as the `tiny` fixture (function-scoped) gives it
     runs = {}
 
     def get(name):
         if name not in runs:
             out = tmp_path_factory.mktemp("runs") / name
-            runs[name] = genzoo.train(name, out=str(out), **{**TINY, "train.steps": 60})
+            runs[name] = genzoo.train(name, out=str(out), **make(name, steps=60))
         return runs[name]
     return get
 
