@@ -91,7 +91,7 @@ def main() -> None:
         r = evaluate(a.transformer_run, "test")
         # per beat (quarter note) of held-out melody: the events' NLL over the time they fill
         from genzoo import api
-        from genzoo.plugins.music import beats_of
+        from genzoo.nn.music import beats_of
         loaded = api.load_run(a.transformer_run)
         test = loaded.data("test")
         beat = torch.tensor([beats_of(t) for t in test.duration_vocab])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import genzoo
 from genzoo.core import config as configlib
-from genzoo.plugins import latent
+from genzoo.nn import latent
 from genzoo.core.data import DataConfig, load
 from genzoo.core.metrics import evaluate
 
