@@ -8,7 +8,7 @@ are a promise: they keep their meaning across releases, while ``genzoo.core`` ma
 
 What a family defines (see ARCHITECTURE.md and the README's plugin example):
 - a ``Model`` subclass with a ``Config`` dataclass, ``loss`` (and optionally ``training_step``,
-  ``log_prob``, ``features``, ``flops_per_example`` ...);
+  ``log_prob``, ``features``, ``flops`` ...);
 - one or more ``Sampler`` subclasses, each with an ``Options`` dataclass;
 - a ``@hookimpl`` ``register_families`` / ``register_models`` in its plugin module.
 """
@@ -26,6 +26,8 @@ from genzoo.core.atomic import atomic_write
 from genzoo.core.batching import batches
 from genzoo.core.data_config import DataConfig, data_root
 from genzoo.core.datasets import Dataset, ImageData, PointData, TensorData, split_index, to_float
+from genzoo.core.image_folder import load_image_folder
+from genzoo.core.sources import kaggle_folder
 from genzoo.core.text import Tokenizer
 from genzoo.core.train_config import StepContext, TrainConfig
 from genzoo.errors import (CheckpointError, ConfigError, DataError, GenzooError, TrainingDiverged,
@@ -41,7 +43,7 @@ __all__ = [
     "Sample", "ImageSample", "TextSample", "PointSample", "EventSample",
     # data
     "Dataset", "TensorData", "ImageData", "PointData", "DataConfig", "data_root", "split_index",
-    "to_float", "batches", "Tokenizer",
+    "to_float", "batches", "Tokenizer", "load_image_folder", "kaggle_folder",
     # training
     "StepContext", "TrainConfig",
     # files and figures a family writes
@@ -57,7 +59,7 @@ __all__ = [
 # fails when a name in __all__ has no entry here.
 DOCS: dict[str, str] = {
     "Model": "Base class of every network: a typed Config, loss(batch) -> {'loss': ...}, optional "
-             "training_step / log_prob / features / flops_per_example.",
+             "training_step / log_prob / features / flops.",
     "ModelConfig": "Base dataclass of Model.Config: every hyperparameter typed, with a default.",
     "fused_adam_ok": "True where torch's fused Adam/AdamW applies to these parameters, else None.",
     "Sampler": "Base class of a way to draw from a trained network: Options, inputs, shows, "
@@ -88,6 +90,9 @@ DOCS: dict[str, str] = {
     "to_float": "uint8 tensors as floats in [0, 1]; other tensors unchanged.",
     "batches": "Every example of a dataset once, in order, as batches on a device.",
     "Tokenizer": "genzoo's word tokenizer (a run artifact): encode, decode, to_json.",
+    "load_image_folder": "A folder of images as ImageData, decoded once into a (memory-mappable) "
+                         "cache; optional per-file binary attributes.",
+    "kaggle_folder": "A Kaggle dataset's folder under the data root, downloaded once if allowed.",
     "StepContext": "What a training_step may use: step, autocast(), optimize(loss, optimizer).",
     "TrainConfig": "The `train.*` settings of a run: steps, lr, batch_size, amp ...",
     "atomic_write": "Write a file through a temporary and a rename: a kill never leaves half.",

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 from genzoo import api
 from genzoo.cli import cli
 from genzoo.core.factory import create_model
-from genzoo.core.fid import ImageFeatures, fid_kid, find_classifier_run, resolve_features
+from genzoo.core.fid import (ImageFeatures, family_serves_as_features, fid_kid, find_feature_run,
+                             resolve_features)
 from genzoo.errors import ConfigError
 
 pytest.importorskip("torchmetrics")
@@ -71,7 +72,7 @@ def test_eval_fid_kid_nll_through_the_cli(runs):
 
 def test_auto_features_find_the_classifier_run_beside(runs):
     cls, gen = runs
-    assert find_classifier_run("fashion-mnist-1k", [gen.path.parent]) == cls.path
+    assert find_feature_run("fashion-mnist-1k", [gen.path.parent]) == cls.path
     feats = resolve_features("auto", "fashion-mnist-1k", [gen.path.parent])
     assert str(cls.path) in feats.name or feats.name.startswith("Inception")
 
@@ -83,3 +84,11 @@ def test_missing_features_and_bad_metrics_are_one_line(runs, tmp_path):
     r = CliRunner().invoke(cli, ["eval", str(gen.path), "--metrics", "fid,sharpness"])
     assert r.exit_code != 0 and "unknown metric 'sharpness'" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_the_feature_network_is_found_by_capability_not_by_name():
+    # image features (Model.features on an image model) qualify; a text model's hidden states
+    # (the LSTM) do not, nor does a model without features or a family not installed
+    assert family_serves_as_features("classifier")
+    for family in ("lstm", "pixelcnn", "dcgan", "no-such-family", None):
+        assert not family_serves_as_features(family), family

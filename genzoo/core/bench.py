@@ -198,10 +198,10 @@ def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: i
     if flops:
         out.append(record(name, dev, "mfu", f"{setting} FLOP counter fwd+bwd / matmul peak",
                           [flops / t / peak_flops for t in step_times], "fraction"))
-    if seq_len and hasattr(model, "flops_per_token"):  # nanoGPT's estimate_mfu: 6N + attention
-        per_step = model.flops_per_token(seq_len) * seq_len * bs
-        out.append(record(name, dev, "mfu", f"{setting} (6N + attention) per token / matmul peak",
-                          [per_step / t / peak_flops for t in step_times], "fraction"))
+    analytic = model.flops(cached[0])  # a family's own count (GPT: nanoGPT's 6N + attention)
+    if analytic:
+        out.append(record(name, dev, "mfu", f"{setting} analytic FLOPs (Model.flops) / matmul peak",
+                          [analytic / t / peak_flops for t in step_times], "fraction"))
 
     model.eval()
     family = registry().get_family(p.entry.family)

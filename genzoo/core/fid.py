@@ -8,9 +8,10 @@ number means little without that space and the sample counts, so every result ca
 Feature networks:
 - ``inception``: the standard InceptionV3 pool features (torchmetrics' torch-fidelity port), used
   only when torch-fidelity and its weights are already on disk (nothing is downloaded);
-- a genzoo classifier run (``--features RUN``): the penultimate layer of the book's chapter-2 CNN
-  trained on the same dataset. The offline default: ``auto`` takes Inception when its weights are
-  present, else the newest finished classifier run on the run's dataset.
+- a genzoo run (``--features RUN``) whose model defines image ``features`` (``Model.features``):
+  the book's chapter-2 classifier, its penultimate layer, trained on the same dataset. The offline
+  default: ``auto`` takes Inception when its weights are present, else the newest finished such
+  run on the run's dataset.
 
 Numbers from different feature networks, image sizes or sample counts are not comparable (FID is
 biased upwards at small n); published CIFAR-10 FIDs (e.g. DCGAN 49.0, WGAN-GP 25.9 in
@@ -61,18 +62,48 @@ class ImageFeatures(nn.Module):
         return self.fn(x).float().flatten(1)
 
 
-def classifier_features(run_path: str | os.PathLike, device: str = "cpu") -> ImageFeatures:
-    """The penultimate layer of a trained genzoo classifier run (``features(x)``)."""
+def serves_as_features(model_cls: type) -> bool:
+    """Whether a Model class can be FID/KID's feature network: it defines ``features`` on images
+    (``Model.has_features`` alone would also take a text model's hidden states)."""
+    return bool(getattr(model_cls, "has_features", lambda: False)()) \
+        and getattr(model_cls, "modality", None) == "image"
+
+
+def family_serves_as_features(family: Any) -> bool:
+    """Whether registry family `family`'s model serves as features (its ``module:attr`` resolved
+    now); False for a name that is not a family here (a plugin not installed, a damaged
+    config)."""
+    from genzoo.core.registry import registry
+    from genzoo.errors import GenzooError
+    if not isinstance(family, str):
+        return False
+    try:
+        return serves_as_features(registry().get_family(family).model_class())
+    except GenzooError:
+        return False
+
+
+def run_features(run_path: str | os.PathLike, device: str = "cpu") -> ImageFeatures:
+    """The ``features(x)`` of a trained run's network (a classifier's penultimate layer)."""
     from genzoo.core.runner import load_run
     loaded = load_run(run_path, device=device)
     model = loaded.model
-    if not hasattr(model, "features"):
+    if not serves_as_features(type(model)):
         raise ConfigError(f"--features {run_path}: {loaded.name} ({loaded.config.get('family')}) "
-                          "has no feature layer; give a classifier run (e.g. `zoo train cnn-fashion`)")
+                          "has no image feature layer; give a run of a model that defines one, "
+                          "e.g. a classifier (`zoo train cnn-fashion`)")
     model.eval()
-    return ImageFeatures(model.features, model.image_shape(), int(model.feature_dim),
-                         f"{loaded.name} run {loaded.path} ({model.feature_dim}-d penultimate layer, "
-                         f"{model.image_shape()[1]}x{model.image_shape()[2]})", model)
+    shape = model.image_shape() if hasattr(model, "image_shape") else None
+    dim = getattr(model, "feature_dim", None)
+    if dim is None:  # measure it: one image through the network
+        if shape is None:
+            raise ConfigError(f"--features {run_path}: {loaded.name} states neither its image "
+                              "shape (image_shape) nor its feature size (feature_dim)")
+        with torch.no_grad():
+            dim = model.features(torch.zeros(1, *shape, device=model.device)).flatten(1).shape[1]
+    size = f", {shape[1]}x{shape[2]}" if shape is not None else ""
+    return ImageFeatures(model.features, shape, int(dim),
+                         f"{loaded.name} run {loaded.path} ({dim}-d penultimate layer{size})", model)
 
 
 def inception_weights() -> Path | None:
@@ -98,9 +129,11 @@ def inception_features() -> ImageFeatures:
                          "InceptionV3 pool3 (2048-d, torch-fidelity weights, 299x299)", net)
 
 
-def find_classifier_run(dataset: str, folders: list[Path]) -> Path | None:
-    """The newest finished CNN classifier run trained on `dataset` under any of `folders`."""
+def find_feature_run(dataset: str, folders: list[Path]) -> Path | None:
+    """The newest finished run on `dataset` under any of `folders` whose model can serve as the
+    feature network (``serves_as_features``; its class resolved through the registry)."""
     import json
+    capable: dict[str, bool] = {}  # family -> whether its model serves as features
     found = []
     for folder in folders:
         if not folder.is_dir():
@@ -111,9 +144,13 @@ def find_classifier_run(dataset: str, folders: list[Path]) -> Path | None:
             except (OSError, ValueError):
                 continue
             run = cfg_path.parent
-            if (cfg.get("family") == "classifier" and cfg.get("model", {}).get("arch") == "cnn"
-                    and cfg.get("data", {}).get("name") == dataset
+            if not (isinstance(cfg, dict) and cfg.get("data", {}).get("name") == dataset
                     and (run / "model.safetensors").exists()):
+                continue
+            family = cfg.get("family")
+            if isinstance(family, str) and family not in capable:
+                capable[family] = family_serves_as_features(family)
+            if isinstance(family, str) and capable[family]:
                 state = run / "trainer.json"
                 done = state.exists() and json.loads(state.read_text()).get("complete", False)
                 if done:
@@ -123,27 +160,29 @@ def find_classifier_run(dataset: str, folders: list[Path]) -> Path | None:
 
 def resolve_features(spec: str | None, dataset: str, search: list[Path],
                      device: str = "cpu") -> ImageFeatures:
-    """``inception``, a classifier RUN folder, or ``auto``/None (Inception when its weights are
-    local, else the newest classifier run on `dataset` in the `search` folders)."""
+    """``inception``, a RUN folder whose model has image features (a classifier), or
+    ``auto``/None (Inception when its weights are local, else the newest such run on `dataset`
+    in the `search` folders)."""
     if spec == "inception":
         return inception_features()
     if spec not in (None, "auto"):
         if not Path(spec).exists():
             raise ConfigError(f"--features {spec}: no such run folder; give a classifier run, "
                               "'inception', or 'auto'")
-        return classifier_features(spec, device)
+        return run_features(spec, device)
     if inception_weights() is not None:
         return inception_features()
-    run = find_classifier_run(dataset, search)
+    run = find_feature_run(dataset, search)
     if run is None:
         from genzoo.core.registry import registry
-        names = [e.name for e in registry().list() if e.family == "classifier"
-                 and e.dataset.get("name") == dataset and e.config.get("model", {}).get("arch") == "cnn"]
+        names = [e.name for e in registry().list() if e.dataset.get("name") == dataset
+                 and family_serves_as_features(e.family)]
         how = f"train one (`zoo train {names[0]}`) and " if names else "train a classifier on it and "
         raise ConfigError(f"FID/KID need a feature network for {dataset!r}: no Inception weights "
-                          f"on disk and no finished CNN classifier run on {dataset} in "
-                          f"{', '.join(str(f) for f in search)}; {how}pass --features RUN")
-    return classifier_features(run, device)
+                          f"on disk and no finished run on {dataset} of a model with image "
+                          f"features (a classifier) in {', '.join(str(f) for f in search)}; "
+                          f"{how}pass --features RUN")
+    return run_features(run, device)
 
 
 def kid_subset(n_real: int, n_fake: int) -> int:

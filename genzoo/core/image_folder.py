@@ -4,7 +4,6 @@ then loaded, or memory-mapped when it is bigger than RAM should hold."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import os
 from pathlib import Path
@@ -19,27 +18,19 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 MMAP_BYTES = int(os.environ.get("GENZOO_MMAP_BYTES", 1 << 30))  # decoded sets above this are mapped
 
 
-def read_attribute_csv(path: Path) -> tuple[list[str], dict[str, list[bool]]]:
-    """CelebA's ``list_attr_celeba.csv``: ``image_id`` then one column per attribute, -1/1."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or len(rows[0]) < 2:
-        raise DataError(f"attribute file {path} is empty or has no attribute columns")
-    names = [n.strip() for n in rows[0][1:]]
-    table = {}
-    for row in rows[1:]:
-        if row:
-            table[Path(row[0].strip()).name] = [v.strip() in ("1", "True", "true") for v in row[1:]]
-    return names, table
-
-
 def load_image_folder(folder: Path, cfg: DataConfig, split: str, options: dict[str, Any],
-                      name: str) -> ImageData:
+                      name: str, attributes: tuple[list[str], dict[str, list[bool]]] | None = None
+                      ) -> ImageData:
     """Decode the folder once into a uint8 cache (N, C, H, W) ``.npy`` under the data root, the
     training split first and the test split after it, so each split is one slice of the file.
     Sets bigger than ``MMAP_BYTES`` (or ``data.mmap=true``) are memory-mapped, not loaded: a batch
     reads only its rows. The key hashes every file's name, size and mtime (changed pixels are
-    decoded again); writes are atomic and one process decodes while others wait (a shared root)."""
+    decoded again); writes are atomic and one process decodes while others wait (a shared root).
+
+    `options`: ``glob`` (which files), ``size``. `name` names the cache file. `attributes`:
+    binary attributes per image, ``(names, {file name: one bool per name})`` as a loader read
+    them (CelebA's table: genzoo.plugins.datasets); the split gets them when every image of it
+    has a row."""
     import numpy as np
     import torch
     if not folder.is_dir():
@@ -76,10 +67,8 @@ def load_image_folder(folder: Path, cfg: DataConfig, split: str, options: dict[s
     part = arr[lo:hi]
     x = torch.from_numpy(part if mapped else np.array(part))
     attrs, attr_names = None, []
-    csv_name = options.get("attributes", "list_attr_celeba.csv")
-    found = list(folder.glob(f"**/{csv_name}"))
-    if found:
-        attr_names, table = read_attribute_csv(found[0])
+    if attributes is not None:
+        attr_names, table = attributes
         rows = [table.get(files[i].name) for i in order[lo:hi]]
         if all(r is not None for r in rows):
             attrs = torch.tensor(rows, dtype=torch.bool)

@@ -148,6 +148,7 @@ class Model(nn.Module):
 
     def flops(self, batch: dict[str, torch.Tensor]) -> int | None:
         """Analytic FLOPs of one training step (forward + backward) on `batch`, for benchmarks'
-        model FLOPs utilisation (nanoGPT's 6N + attention for a transformer). None: ``zoo bench``
-        counts them with torch.utils.flop_counter instead."""
+        model FLOPs utilisation (nanoGPT's 6N + attention for a transformer): ``zoo bench``
+        reports that MFU beside the one from its torch.utils.flop_counter count. None (the
+        default): the counter's figure alone."""
         return None

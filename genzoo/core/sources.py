@@ -2,8 +2,9 @@
 
 A dataset is named in the registry (``DatasetSpec``) and built by a *loader*: a function
 ``load(spec, cfg, split) -> Dataset`` named lazily as ``module:attr``. The built-in sources
-(embedded, torchvision, kaggle, folder, text, points) are such loaders (``SOURCES``); a plugin adds
-a data source by registering a dataset with ``loader="pkg.mod:load_x"``, without touching core.
+(embedded, torchvision, kaggle, folder, text) are such loaders (``SOURCES``); a dataset with its
+own ``loader="pkg.mod:load_x"`` (two moons, CelebA's attributes: genzoo.plugins.datasets; music)
+needs nothing from the core beyond these helpers.
 ``load`` then applies the image settings every image source shares (limit, channels, size, pad,
 an attribute as the label).
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from genzoo.core.data_config import DataConfig, data_root
-from genzoo.core.datasets import ImageData, PointData, split_index
+from genzoo.core.datasets import ImageData, split_index
 from genzoo.core.image_folder import load_image_folder
 from genzoo.errors import DataError
 
@@ -25,7 +26,6 @@ SOURCES: dict[str, str] = {
     "kaggle": "genzoo.core.sources:load_kaggle",
     "folder": "genzoo.core.sources:load_folder",
     "text": "genzoo.core.text:load_text",
-    "points": "genzoo.core.sources:load_points",
 }
 
 
@@ -50,7 +50,7 @@ def load(cfg: DataConfig, split: str = "train", entry: Any | None = None) -> Any
     return data
 
 
-def load_embedded(entry: Any, cfg: DataConfig, split: str) -> Any:
+def load_embedded(entry: Any, cfg: DataConfig, split: str) -> ImageData:
     import numpy as np
     import torch
     ref = resources.files("genzoo.data").joinpath(entry.location)
@@ -96,40 +96,28 @@ def load_torchvision(entry: Any, cfg: DataConfig, split: str) -> ImageData:
     return ImageData(x.contiguous(), y, list(getattr(ds, "classes", [])), name=entry.name)
 
 
-def load_kaggle(entry: Any, cfg: DataConfig, split: str) -> Any:
+def kaggle_folder(slug: str, cfg: DataConfig) -> Path:
+    """A Kaggle dataset's folder under the data root: downloaded once (later calls are offline)
+    when ``cfg.download``, else it must already be there."""
     from genzoo.core import kaggle
-    folder = kaggle.download(entry.location, data_root(cfg.root)) if cfg.download else \
-        kaggle.dataset_dir(entry.location, data_root(cfg.root))
+    folder = kaggle.download(slug, data_root(cfg.root)) if cfg.download else \
+        kaggle.dataset_dir(slug, data_root(cfg.root))
     if not folder.exists():
-        raise DataError(f"Kaggle dataset {entry.location} is not under {folder} and "
+        raise DataError(f"Kaggle dataset {slug} is not under {folder} and "
                         "download is off (--set download=true to fetch it)")
-    return load_image_folder(folder, cfg, split, entry.options, cfg.name)
+    return folder
+
+
+def load_kaggle(entry: Any, cfg: DataConfig, split: str) -> ImageData:
+    """A Kaggle dataset of images (``location``: the slug), decoded as an image folder."""
+    return load_image_folder(kaggle_folder(entry.location, cfg), cfg, split, entry.options, cfg.name)
 
 
 def load_folder(entry: Any, cfg: DataConfig, split: str) -> ImageData:
+    """Any folder of images (``--data folder:PATH``)."""
     if not cfg.path:
         raise DataError("the folder source needs a path: --data folder:PATH")
     return load_image_folder(Path(cfg.path).expanduser(), cfg, split, entry.options, "folder")
-
-
-def load_points(entry: Any, cfg: DataConfig, split: str) -> PointData:
-    """Generated 2-D point sets (``location: moons``), standardised with the training split's
-    statistics; the same seed (0) every time, so every run sees the same points."""
-    import torch
-    if cfg.points < 2:
-        raise DataError(f"points must be >= 2, got {cfg.points}")
-    if not cfg.noise >= 0:
-        raise DataError(f"noise must be >= 0, got {cfg.noise}")
-    if entry.location == "moons":
-        from sklearn.datasets import make_moons
-        x, _ = make_moons(cfg.points, noise=cfg.noise, random_state=0)
-    else:
-        raise DataError(f"unknown generated point set {entry.location!r}; valid: moons")
-    x = torch.from_numpy(x).float()
-    train = x[split_index(len(x), "train", cfg.test_fraction)]
-    mean, std = train.mean(0), train.std(0)
-    chosen = train if split == "train" else x[split_index(len(x), "test", cfg.test_fraction)]
-    return PointData((chosen - mean) / std, mean, std, entry.name)
 
 
 def _transform(data: ImageData, cfg: DataConfig) -> ImageData:
