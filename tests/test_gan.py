@@ -12,22 +12,20 @@ from genzoo.cli import cli
 from genzoo.core.checkpoint import load_tensors
 from genzoo.core.trainer import StepContext, TrainConfig
 from genzoo.errors import ConfigError, DataError, TrainingDiverged
+from genzoo.nn.gan import gradient_penalty
 from genzoo.plugins.gan import (CGAN, CGANConfig, DCGAN, DCGANConfig, WGANGP, WGANGPConfig,
-                                PriorSampler, gradient_penalty, stage_filters)
-
-TINY = {"model.filters": 8, "model.max_filters": 16, "model.z_dim": 8, "data.size": 16,
-        "train.batch_size": 16, "train.steps": 4, "train.sample_n": 8, "train.log_every": 2}
-
-
-def tiny_run(name, tmp, **extra):
-    return api.train(name, "quick", {**TINY, **extra}, out=tmp / name, progress=False)
+                                PriorSampler, stage_filters)
+from tiny import tiny as tiny_config  # the module-scoped fixture below cannot take `tiny`
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One tiny trained run per family, shared by the sampling and CLI tests."""
+    """One tiny trained run per family (4 steps, a grid at steps 2 and 4), shared by the
+    sampling and CLI tests."""
     tmp = tmp_path_factory.mktemp("gan-runs")
-    return {name: tiny_run(name, tmp) for name in ("dcgan", "wgan-gp", "cgan")}
+    return {name: api.train(name, "quick", tiny_config(name, **{"train.sample_every": 2}),
+                            out=tmp / name, progress=False)
+            for name in ("dcgan", "wgan-gp", "cgan")}
 
 
 # -- gradient penalty -------------------------------------------------------------------------
@@ -169,17 +167,17 @@ def test_run_logs_both_losses_and_writes_grids(runs):
 
 
 @pytest.mark.parametrize("name", ["dcgan", "cgan"])
-def test_resume_reaches_the_same_weights(tmp_path, name):
-    whole = tiny_run(name, tmp_path / "whole", **{"train.steps": 6, "train.sample_every": 0})
-    half = api.train(name, "quick", {**TINY, "train.steps": 6, "train.sample_every": 0},
-                     out=tmp_path / "half", progress=False, stop_after=3)
+def test_resume_reaches_the_same_weights(tmp_path, tiny, name):
+    whole = api.train(name, "quick", tiny(name, steps=6), out=tmp_path / "whole", progress=False)
+    half = api.train(name, "quick", tiny(name, steps=6), out=tmp_path / "half", progress=False,
+                     stop_after=3)
     api.resume(half.path, progress=False)
     a, b = load_tensors(whole.weights_path), load_tensors(half.weights_path)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
+def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch, tiny):
     real_step = DCGAN.training_step
 
     def poisoned(self, batch, optimizers, ctx):
@@ -190,8 +188,9 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(DCGAN, "training_step", poisoned)
     with pytest.raises(TrainingDiverged, match=r"last good checkpoint \(step 4\)"):
-        api.train("dcgan", "quick", {**TINY, "train.steps": 12, "train.checkpoint_every": 2,
-                                     "train.log_every": 1}, out=tmp_path / "nan", progress=False)
+        api.train("dcgan", "quick", tiny("dcgan", steps=12, **{"train.checkpoint_every": 2,
+                                                               "train.log_every": 1}),
+                  out=tmp_path / "nan", progress=False)
     weights = load_tensors(tmp_path / "nan" / "model.safetensors")
     assert all(torch.isfinite(t.float()).all() for t in weights.values())
     assert json.loads((tmp_path / "nan" / "trainer.json").read_text())["step"] == 4
@@ -235,7 +234,7 @@ def test_cgan_label_and_label_grid(runs):
 
 
 def test_interpolation_works_on_a_gan_run(runs, tmp_path):
-    from genzoo.plugins import latent
+    from genzoo.nn import latent
     model = api.load_run(runs["dcgan"].path).model
     z0, z1 = latent.endpoints(model, 2, torch.Generator().manual_seed(0))
     grid = latent.interpolation_grid(model, z0, z1, steps=5)

@@ -27,8 +27,6 @@ music21 = pytest.importorskip("music21")
 TINY = {"embed_dim": 32, "heads": 2, "key_dim": 16, "ff_dim": 32, "dropout": 0.0,
         "data.limit": 12, "data.seq_len": 16, "context": 16, "batch_size": 8,
         "sample_every": 0, "log_every": 1}
-TINY_GAN = {"temporal_width": 32, "bar_width": 16, "critic_width": 8, "critic_steps": 2,
-            "batch_size": 4, "sample_every": 0, "log_every": 1, "data.limit": 64}
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +204,8 @@ def test_style_changes_every_track_and_one_groove_mostly_its_own_track():
         assert melody[k] / melody.sum() > 0.9
 
 
-def test_musegan_trains_reloads_and_samples(tmp_path):
-    run = api.train("musegan", "quick", {"train.steps": 2, **TINY_GAN}, out=tmp_path / "run",
+def test_musegan_trains_reloads_and_samples(tmp_path, tiny):
+    run = api.train("musegan", "quick", tiny("musegan", steps=2), out=tmp_path / "run",
                     progress=False)
     rows = [m for m in run.metrics() if "split" not in m]
     assert len(rows) == 2 and all(np.isfinite(r["gp"]) for r in rows)

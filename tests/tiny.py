@@ -35,7 +35,7 @@ TINY: dict[str, dict[str, Any]] = {
     "vae-fashion": {"model.filters": "[8,16,32]", "model.latent_dim": 16, "train.batch_size": 50,
                     "train.lr": 0.005, "train.log_every": 10},
 }
-TINY["wgan-gp"] = TINY["dcgan"]
+TINY["wgan-gp"] = TINY["cgan"] = TINY["dcgan"]
 TINY["autoencoder"] = TINY["vae-fashion"]  # the same encoder and decoder, without the KL
 TINY["ddm"] = {"model.widths": "[8,16]", "model.block_depth": 1, "model.embedding_dim": 8,
                "data.size": 16, "data.limit": 64, "train.batch_size": 8, "train.sample_n": 2,

@@ -9,7 +9,7 @@ steps x 84 pitches, values in [-1, 1]. The generator takes four kinds of noise, 
 For each bar and track the four vectors are concatenated and a *bar generator* (one per track:
 dense, then transposed convolutions that grow the time axis and then the pitch axis) draws that
 bar. The critic (3-d convolutions over bars, steps and pitches, tracks as channels) is trained
-with the Wasserstein loss and gradient penalty of genzoo.plugins.gan (5 critic steps, lambda 10).
+with the Wasserstein loss and gradient penalty of genzoo.nn.gan (5 critic steps, lambda 10).
 
 A generated roll becomes notes by an argmax over pitches at every step of every track (the book's
 binarisation); a pitch repeated over steps is one held note.
@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genzoo.core.model import Model
-from genzoo.core.sampler import Sampler
 from genzoo.errors import ConfigError, DataError
-from genzoo.plugins.gan import eval_mode, frozen, gradient_penalty
-from genzoo.plugins.music import MusicSample, name_of, notes_from_grid
+from genzoo.family import Model, Sampler, gaussian
+from genzoo.nn.gan import gradient_penalty, init_weights
+from genzoo.nn.music import MusicSample, name_of, notes_from_grid
+from genzoo.nn.utils import eval_mode, frozen
 
 LATENTS = ("chords", "style", "melody", "groove")
 
@@ -147,14 +147,6 @@ class Critic(nn.Module):
         return self.net(x).flatten()
 
 
-def init_weights(m: nn.Module) -> None:
-    """The book's RandomNormal(0, 0.02) kernels."""
-    if isinstance(m, (nn.Conv3d, nn.ConvTranspose2d, nn.Linear)):
-        nn.init.normal_(m.weight, 0.0, 0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-
 class MuseGAN(Model):
     Config = MuseGANConfig
     modality = "events"
@@ -164,7 +156,8 @@ class MuseGAN(Model):
         super().__init__(config)
         self.generator = Generator(config)
         self.critic = Critic(config)
-        self.apply(init_weights)
+        # the book's RandomNormal(0, 0.02) kernels; batch norm keeps Keras's defaults (1, 0)
+        init_weights(self, batchnorm=False)
         self.track_names = ["S", "A", "T", "B"][: config.tracks] + \
             [f"track {k}" for k in range(4, config.tracks)]
 
@@ -206,13 +199,15 @@ class MuseGAN(Model):
 
     def latents(self, n: int, generator: torch.Generator | None = None,
                 device: torch.device | None = None) -> dict[str, torch.Tensor]:
+        """The four latents of n pieces, N(0, I), on the model's device: from `generator` (on
+        its own device, so a seed means the same pieces everywhere), else from the global RNG on
+        `device` (training: checkpointed, so a resumed run draws the same noise)."""
         c = self.config
-        g = {"generator": generator, "device": generator.device} if generator is not None else \
-            {"device": device}
-        z = {"chords": torch.randn(n, c.z_dim, **g), "style": torch.randn(n, c.z_dim, **g),
-             "melody": torch.randn(n, c.tracks, c.z_dim, **g),
-             "groove": torch.randn(n, c.tracks, c.z_dim, **g)}
-        return {k: v.to(self.device) for k, v in z.items()}
+        shapes = {"chords": (n, c.z_dim), "style": (n, c.z_dim),
+                  "melody": (n, c.tracks, c.z_dim), "groove": (n, c.tracks, c.z_dim)}
+        if generator is not None:
+            return {k: gaussian(generator, s, self.device) for k, s in shapes.items()}
+        return {k: torch.randn(s, device=device).to(self.device) for k, s in shapes.items()}
 
     def forward(self, chords: torch.Tensor, style: torch.Tensor, melody: torch.Tensor,
                 groove: torch.Tensor) -> torch.Tensor:
