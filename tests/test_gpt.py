@@ -12,16 +12,13 @@ from genzoo import api
 from genzoo.cli import cli
 from genzoo.core import checkpoint as ckpt
 from genzoo.core.data import DataConfig, load
-from genzoo.plugins.gpt import GPT, CachedSampler, GPTConfig, KVCache, NaiveSampler
+from genzoo.nn.transformer import KVCache
+from genzoo.plugins.gpt import GPT, CachedSampler, GPTConfig, NaiveSampler
 from cli_checks import one_line_error
 
-# a small word-level GPT on the embedded recipes: 24 tokens of context
-TINY = {"layers": 1, "embed_dim": 32, "key_dim": 16, "ff_dim": 64, "vocab": 500, "context": 24,
-        "data.vocab_size": 500, "data.seq_len": 24, "batch_size": 8, "sample_every": 0,
-        "log_every": 2, "dropout": 0.0}
 
-
-def tiny(**kw):
+def small(**kw):
+    """A small untrained GPT over 50 tokens, 16 of context."""
     torch.manual_seed(0)
     cfg = dict(vocab=50, context=16, layers=2, heads=2, embed_dim=32, key_dim=None, ff_dim=64,
                dropout=0.0)
@@ -31,15 +28,16 @@ def tiny(**kw):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gpt") / "run"
-    return api.train("gpt", "quick", {"train.steps": 4, **TINY}, out=out, progress=False)
+    from tiny import tiny  # tests/tiny.py, as the `tiny` fixture (function-scoped) gives it
+    out = tmp_path_factory.mktemp("gpt") / "run"  # a word-level GPT on the embedded recipes
+    return api.train("gpt", "quick", tiny("gpt", steps=4), out=out, progress=False)
 
 
 # -- network ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_a_position_sees_only_earlier_tokens(norm):
-    model = tiny(norm=norm)
+    model = small(norm=norm)
     x = torch.randint(0, 50, (2, 12))
     base, _ = model(x)
     for t in (0, 5, 11):
@@ -52,7 +50,7 @@ def test_a_position_sees_only_earlier_tokens(norm):
 
 
 def test_cached_forward_equals_full_forward():
-    model = tiny().double()
+    model = small().double()
     x = torch.randint(0, 50, (3, 10))
     full, wf = model(x, need_weights=True)
     caches = [KVCache(16) for _ in model.blocks]
@@ -70,10 +68,12 @@ def test_book_preset_has_the_books_parameter_count_and_nanogpt_flops():
     assert baby.num_params() - 64 * 128 == 795_904  # nanoGPT: "number of parameters: 0.80M"
     L, H, Q, T = 4, 4, 32, 64  # nanoGPT's estimate_mfu, tied embedding counted once
     assert baby.flops_per_token() == 6 * 795_904 + 12 * L * H * Q * T
+    rows = torch.zeros(8, T + 1, dtype=torch.long)  # what zoo bench's MFU divides by
+    assert baby.flops({"x": rows}) == baby.flops_per_token(T) * T * 8
 
 
 def test_loss_ignores_padding_but_learns_the_end_of_text():
-    model = tiny(pad_id=0)
+    model = small(pad_id=0)
     rows = torch.tensor([[5, 6, 7, 0, 0, 0, 0]])
     x, y = model.targets(rows)
     assert y.tolist() == [[6, 7, 0, -100, -100, -100]]  # the first pad is the end token
@@ -109,7 +109,7 @@ def test_loss_falls_on_real_text():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_cached_and_uncached_sampling_draw_the_same_tokens(dtype):
-    model = tiny(pad_id=None).to(dtype)
+    model = small(pad_id=None).to(dtype)
     model.start_counts.fill_(1.0)
     opts = {"max_new_tokens": 40, "temperature": 1.3, "top_k": 20}  # 41 tokens > context 16
     a = CachedSampler(**opts).sample(model, 3, torch.Generator().manual_seed(7), show=("attention",))
@@ -121,7 +121,7 @@ def test_cached_and_uncached_sampling_draw_the_same_tokens(dtype):
 
 
 def test_end_of_text_stops_and_pads():
-    model = tiny(pad_id=0)
+    model = small(pad_id=0)
     with torch.no_grad():
         model.head.bias.zero_()
         model.head.bias[0] = 50.0  # the end token is certain
@@ -132,7 +132,7 @@ def test_end_of_text_stops_and_pads():
 
 def test_cached_sampler_stops_soon_after_every_row_has_ended(monkeypatch):
     from genzoo.plugins import gpt
-    model = tiny(pad_id=0)
+    model = small(pad_id=0)
     with torch.no_grad():
         model.head.bias.zero_()
         model.head.bias[0] = 50.0  # the end token is certain
@@ -160,8 +160,9 @@ def test_loaded_run_decodes_its_own_samples_with_the_same_seed(trained):
     assert all(t.startswith("recipe") for t in free.texts)
 
 
-def test_resume_equals_an_uninterrupted_run(tmp_path):
-    cfg = {"train.steps": 8, "lr": 3e-3, "schedule": "cosine", "weight_decay": 0.1, **TINY}
+def test_resume_equals_an_uninterrupted_run(tmp_path, tiny):
+    cfg = tiny("gpt", steps=8, **{"train.lr": 3e-3, "train.schedule": "cosine",
+                                  "train.weight_decay": 0.1})
     full = api.train("gpt", "quick", cfg, out=tmp_path / "full", progress=False)
     half = api.train("gpt", "quick", cfg, out=tmp_path / "half", progress=False, stop_after=4)
     api.resume(half.path, progress=False)
@@ -204,10 +205,9 @@ def test_bad_model_config_is_one_line():
     one_line_error(res, "--set context=100")
 
 
-def test_tied_character_model_saves_loads_and_continues_a_prompt(tmp_path):
-    cfg = {"train.steps": 2, "layers": 1, "embed_dim": 32, "heads": 2, "ff_dim": 64,
-           "batch_size": 4, "sample_every": 0}
-    run = api.train("gpt-shakespeare", "quick", cfg, out=tmp_path / "run", progress=False)
+def test_tied_character_model_saves_loads_and_continues_a_prompt(tmp_path, tiny):
+    run = api.train("gpt-shakespeare", "quick", tiny("gpt-shakespeare", steps=2),
+                    out=tmp_path / "run", progress=False)
     assert "head.weight" not in ckpt.load_tensors(run.path / "model.safetensors")  # saved once
     loaded = api.load_run(run.path)
     assert loaded.model.head.weight is loaded.model.token_embedding.weight

@@ -14,22 +14,19 @@ from genzoo.core import checkpoint as ckpt
 from genzoo.core.text import TextData, Tokenizer
 from genzoo.plugins.lstm import LSTMConfig, LSTMLanguageModel, NaiveSampler, StatefulSampler
 
-# a small word-level run on the embedded recipes: seconds on a CPU
-SMALL = {"hidden_size": 32, "embedding_dim": 16, "data.vocab_size": 300, "data.seq_len": 40,
-         "batch_size": 16, "sample_every": 0, "sample_n": 2, "log_every": 2}
-
-
 def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("lstm") / "run"
-    return api.train("lstm", "quick", {"train.steps": 6, **SMALL}, out=out, progress=False)
+    from tiny import tiny  # tests/tiny.py, as the `tiny` fixture (function-scoped) gives it
+    out = tmp_path_factory.mktemp("lstm") / "run"  # word level, on the embedded recipes
+    return api.train("lstm", "quick", tiny("lstm", steps=6), out=out, progress=False)
 
 
-def tiny(cell="lstm", layers=1, level="word"):
+def small(cell="lstm", layers=1, level="word"):
+    """A small untrained model with the tokenizer of two recipes."""
     texts = ["recipe for toast | put bread in the toaster . | butter it .",
              "recipe for tea | boil water . | pour it on the tea , wait ."]
     tok = Tokenizer.build(texts, level)
@@ -45,10 +42,10 @@ def tiny(cell="lstm", layers=1, level="word"):
     return model.eval(), data
 
 
-def test_loss_falls_on_real_recipes(tmp_path):
-    r = api.train("lstm", "quick", {"train.steps": 30, "lr": 0.01, "schedule": "constant", **SMALL,
-                                    "hidden_size": 64, "data.seq_len": 20}, out=tmp_path / "r",
-                  progress=False)
+def test_loss_falls_on_real_recipes(tmp_path, tiny):
+    r = api.train("lstm", "quick", tiny("lstm", steps=30, **{
+        "train.lr": 0.01, "train.schedule": "constant", "model.hidden_size": 64,
+        "data.seq_len": 20}), out=tmp_path / "r", progress=False)
     losses = [m["loss"] for m in r.metrics() if "split" not in m]
     assert len(losses) == 15
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.8, losses  # ~6 -> ~4.5 nats/token
@@ -57,7 +54,7 @@ def test_loss_falls_on_real_recipes(tmp_path):
 @pytest.mark.parametrize("cell,layers", [("lstm", 1), ("gru", 1), ("lstm", 2)])
 @pytest.mark.parametrize("prompt", [None, "recipe for tea"])
 def test_stateful_and_naive_samplers_draw_the_same_tokens(cell, layers, prompt):
-    model, _ = tiny(cell, layers)
+    model, _ = small(cell, layers)
     model = model.double()
     kw = {"max_new_tokens": 25, "temperature": 1.5}  # hot: long samples before the end token
     a = StatefulSampler(**kw).sample(model, 4, torch.Generator().manual_seed(3), prompt=prompt)
@@ -71,7 +68,7 @@ def test_stateful_and_naive_samplers_draw_the_same_tokens(cell, layers, prompt):
 
 @pytest.mark.parametrize("cell,layers", [("lstm", 1), ("gru", 2)])
 def test_one_step_cell_equals_the_fused_recurrence(cell, layers):
-    model, _ = tiny(cell, layers)
+    model, _ = small(cell, layers)
     ids = torch.randint(0, model.config.vocab_size, (3, 6))
     with torch.no_grad():
         full, _ = model(ids)
@@ -83,7 +80,7 @@ def test_one_step_cell_equals_the_fused_recurrence(cell, layers):
 
 
 def test_samples_stop_at_the_end_token_and_respect_max_new_tokens():
-    model, _ = tiny()
+    model, _ = small()
     s = StatefulSampler(max_new_tokens=7).sample(model, 8, torch.Generator().manual_seed(0),
                                                  prompt="recipe for")
     assert all(len(ids) <= 2 + 7 and 0 not in ids for ids in s.ids)
@@ -120,8 +117,8 @@ def test_tokenizer_travels_with_the_run(run, monkeypatch):
     assert s.texts[0] == data.tokenizer.decode(s.ids[0])
 
 
-def test_resume_equals_an_uninterrupted_run(tmp_path):
-    cfg = {"train.steps": 8, "lr": 3e-3, "schedule": "cosine", **SMALL}
+def test_resume_equals_an_uninterrupted_run(tmp_path, tiny):
+    cfg = tiny("lstm", steps=8, **{"train.lr": 3e-3, "train.schedule": "cosine"})
     full = api.train("lstm", "quick", cfg, out=tmp_path / "full", progress=False)
     half = api.train("lstm", "quick", cfg, out=tmp_path / "half", progress=False, stop_after=4)
     api.resume(half.path, progress=False)
@@ -131,7 +128,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
 
 
 def test_log_prob_counts_tokens_and_the_end_but_not_padding():
-    model, data = tiny()
+    model, data = small()
     batch = data.batch(torch.arange(2))
     lp = model.log_prob(batch)
     units = model.likelihood_units(batch)
@@ -142,6 +139,13 @@ def test_log_prob_counts_tokens_and_the_end_but_not_padding():
     assert math.isclose(float(-lp.sum() / units), float(loss), rel_tol=1e-5)
     longer = {"x": torch.cat([batch["x"], torch.zeros(2, 10, dtype=torch.long)], 1)}
     assert torch.allclose(model.log_prob(longer), lp, atol=1e-5)  # more padding changes nothing
+
+
+def test_hidden_states_are_not_image_features():
+    model, _ = small(layers=2)
+    h, (hn, cn) = model.hidden_states(torch.tensor([[2, 3, 4]]))
+    assert h.shape == (1, 3, 16) and hn.shape == cn.shape == (2, 1, 16)
+    assert not LSTMLanguageModel.has_features()  # FID never takes a language model for a CNN
 
 
 def test_book_preset_has_the_books_parameter_count():
@@ -161,9 +165,9 @@ def test_bad_sampling_input_fails_in_one_line(run, args, message):
     assert message in res.output and len(res.output.strip().splitlines()) == 1, res.output
 
 
-def test_an_image_sampler_refuses_a_prompt(tmp_path):
-    img = api.train("pixelcnn", "quick", {"train.steps": 1, "filters": 8, "blocks": 1, "sample_every": 0,
-                                          "batch_size": 4}, out=tmp_path / "img", progress=False)
+def test_an_image_sampler_refuses_a_prompt(tmp_path, tiny):
+    img = api.train("pixelcnn", "quick", tiny("pixelcnn", steps=1, **{"train.batch_size": 4}),
+                    out=tmp_path / "img", progress=False)
     res = invoke("sample", img.path, "--n", 1, "--prompt", "recipe for")
     assert res.exit_code != 0 and "--prompt given" in res.output
     assert len(res.output.strip().splitlines()) == 1, res.output

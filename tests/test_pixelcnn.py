@@ -7,7 +7,8 @@ import genzoo
 from genzoo.plugins.pixelcnn import CachedSampler, MaskedConv2d, NaiveSampler, PixelCNN, PixelCNNConfig
 
 
-def tiny(**kw):
+def small(**kw):
+    """An untrained 8x8 PixelCNN."""
     torch.manual_seed(0)
     return PixelCNN(PixelCNNConfig(image_size=8, filters=16, blocks=2, **kw)).eval()
 
@@ -28,7 +29,7 @@ def test_masked_conv_ignores_future_pixels(mask_type):
 
 
 def test_network_output_at_a_pixel_depends_only_on_earlier_pixels():
-    model = tiny()
+    model = small()
     x = torch.randint(0, 4, (1, 1, 8, 8))
     base = model(x)
     for (i, j) in [(0, 0), (3, 4), (7, 7)]:
@@ -48,7 +49,7 @@ def test_book_preset_has_the_books_parameter_count():
 
 
 def test_cached_and_naive_samplers_draw_identical_images():
-    model = tiny().double()
+    model = small().double()
     a = NaiveSampler().sample(model, 3, torch.Generator().manual_seed(7))
     b = CachedSampler().sample(model, 3, torch.Generator().manual_seed(7))
     c = CachedSampler().sample(model, 3, torch.Generator().manual_seed(8))
@@ -59,7 +60,7 @@ def test_cached_and_naive_samplers_draw_identical_images():
 
 
 def test_sampler_options_temperature_top_k_and_size():
-    model = tiny()
+    model = small()
     x = CachedSampler(top_k=1, size=5).sample(model, 2, torch.Generator().manual_seed(0))
     assert x.shape == (2, 1, 5, 5)
     # top_k=1 is greedy: no randomness left
@@ -68,7 +69,7 @@ def test_sampler_options_temperature_top_k_and_size():
 
 
 def test_log_prob_matches_loss_in_nats_and_bits():
-    model = tiny()
+    model = small()
     x = torch.rand(4, 1, 8, 8)
     lp = model.log_prob({"x": x})
     with torch.no_grad():
@@ -78,13 +79,13 @@ def test_log_prob_matches_loss_in_nats_and_bits():
     assert math.isclose(float(out["bits_per_dim"]), float(out["loss"]) / math.log(2), rel_tol=1e-6)
 
 
-def test_loss_falls_on_real_data(tmp_path):
-    run = genzoo.train("pixelcnn", out=str(tmp_path / "run"), **{
-        "train.steps": 80, "lr": 5e-3, "filters": 16, "blocks": 1, "sample_every": 0,
-        "log_every": 10})
+def test_loss_falls_on_real_data(tmp_path, tiny):
+    run = genzoo.train("pixelcnn", out=str(tmp_path / "run"), **tiny("pixelcnn", steps=80, **{
+        "train.lr": 5e-3, "model.filters": 16, "train.log_every": 10,
+        "train.checkpoint_every": 40}))
     losses = [m["loss"] for m in run.metrics() if "split" not in m]
-    # uniform over 4 levels is ln 4 = 1.386 nats/pixel
-    assert losses[0] > losses[-1] + 0.3
-    assert losses[-1] < 0.9
+    # uniform over 4 levels is ln 4 = 1.386 nats/pixel; every one of the last logs is lower
+    assert max(losses[-4:]) < losses[0] - 0.3, losses
+    assert sum(losses[-4:]) / 4 < 0.9, losses
     test = [m for m in run.metrics() if m.get("split") == "test"][0]
     assert test["bits_per_dim"] < 1.4

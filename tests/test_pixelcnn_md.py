@@ -12,7 +12,8 @@ from genzoo.plugins.pixelcnn_md import (CachedSampler, NaiveSampler, PixelCNNMD,
                                         params_per_pixel)
 
 
-def tiny(channels=1, size=6, **kw):
+def small(channels=1, size=6, **kw):
+    """An untrained PixelCNN++ of 8 filters."""
     torch.manual_seed(0)
     return PixelCNNMD(PixelCNNMDConfig(image_size=size, channels=channels, filters=8, blocks=2,
                                        **kw)).eval()
@@ -55,7 +56,7 @@ def test_rgb_channel_conditioning_is_the_papers():
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_network_never_sees_the_current_or_future_pixels(channels):
-    model = tiny(channels, size=7, dilations=[1, 2]).double()
+    model = small(channels, size=7, dilations=[1, 2]).double()
     levels = torch.randint(0, 256, (1, channels, 7, 7))
     for (i, j) in [(0, 0), (3, 3), (6, 6), (2, 0)]:
         x = model.network_input(levels).detach().requires_grad_(True)
@@ -71,7 +72,7 @@ def test_network_never_sees_the_current_or_future_pixels(channels):
 
 def test_cached_and_naive_samplers_draw_identical_images():
     for channels in (1, 3):
-        model = tiny(channels, dilations=[1, 2]).double()
+        model = small(channels, dilations=[1, 2]).double()
         a = NaiveSampler().sample(model, 3, torch.Generator().manual_seed(7))
         b = CachedSampler().sample(model, 3, torch.Generator().manual_seed(7))
         c = CachedSampler().sample(model, 3, torch.Generator().manual_seed(8))
@@ -82,7 +83,7 @@ def test_cached_and_naive_samplers_draw_identical_images():
 
 
 def test_sampling_is_reproducible_for_a_seed_and_options_apply():
-    model = tiny()
+    model = small()
     a = draw(model, CachedSampler(), 2, torch.Generator().manual_seed(3)).images
     b = draw(model, CachedSampler(), 2, torch.Generator().manual_seed(3)).images
     assert torch.equal(a, b)
@@ -92,7 +93,7 @@ def test_sampling_is_reproducible_for_a_seed_and_options_apply():
 
 
 def test_log_prob_matches_loss_in_nats_and_bits():
-    model = tiny(size=8)
+    model = small(size=8)
     x = torch.randint(0, 256, (4, 1, 8, 8)).float() / 255
     lp = model.log_prob({"x": x})
     with torch.no_grad():
@@ -105,16 +106,16 @@ def test_log_prob_matches_loss_in_nats_and_bits():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    from tiny import tiny  # tests/tiny.py, as the `tiny` fixture (function-scoped) gives it
     out = tmp_path_factory.mktemp("md") / "run"
-    return genzoo.train("pixelcnn-md", out=str(out), progress=False, **{
-        "train.steps": 60, "lr": 5e-3, "filters": 8, "blocks": 1, "batch_size": 16,
-        "sample_every": 0, "log_every": 10, "data.size": 12, "data.pad": 2, "sample_n": 4,
-        "warmup_steps": 0})
+    return genzoo.train("pixelcnn-md", out=str(out), progress=False, **tiny(
+        "pixelcnn-md", steps=60, **{"train.lr": 5e-3}))
 
 
 def test_loss_falls_on_real_data(run):
     losses = [m["bits_per_dim"] for m in run.metrics() if "split" not in m]
-    assert losses[0] > losses[-1] + 1.0  # from ~8 bits/dim (uniform over 256 levels) down
+    # from ~8 bits/dim (uniform over 256 levels) down: every one of the last logs is lower
+    assert max(losses[-5:]) < losses[0] - 1.0, losses
     test = [m for m in run.metrics() if m.get("split") == "test"][0]
     assert test["bits_per_dim"] < 6.0
 

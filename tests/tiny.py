@@ -40,6 +40,13 @@ TINY["autoencoder"] = TINY["vae-fashion"]  # the same encoder and decoder, witho
 TINY["ddm"] = {"model.widths": "[8,16]", "model.block_depth": 1, "model.embedding_dim": 8,
                "data.size": 16, "data.limit": 64, "train.batch_size": 8, "train.sample_n": 2,
                "train.log_every": 1}
+TINY["gpt-shakespeare"] = {"model.layers": 1, "model.embed_dim": 32, "model.heads": 2,
+                           "model.ff_dim": 64, "train.batch_size": 4}
+TINY["lstm"] = {"model.hidden_size": 32, "model.embedding_dim": 16, "data.vocab_size": 300,
+                "data.seq_len": 40, "train.batch_size": 16, "train.sample_n": 2}
+TINY["pixelcnn-md"] = {"model.filters": 8, "model.blocks": 1, "train.batch_size": 16,
+                       "data.size": 12, "data.pad": 2, "train.sample_n": 4,
+                       "train.warmup_steps": 0}
 
 
 def tiny(name: str, steps: int | None = None, **extra: Any) -> dict[str, Any]:
