@@ -23,7 +23,6 @@ from genzoo.core.tensors import load_weights
 from genzoo.core.train_config import TrainConfig, validate_train
 from genzoo.errors import CheckpointError, ConfigError
 
-SECTION_CLASSES = {"train": TrainConfig, "data": DataConfig}
 # data keys that only mean something for images: set for text or points data, they fail rather
 # than being silently ignored
 IMAGE_ONLY_DATA_KEYS = ("size", "channels", "pad", "label")

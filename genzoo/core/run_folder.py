@@ -112,9 +112,6 @@ class Run:
     def write_config(self, cfg: dict[str, Any]) -> None:
         write_json(self.config_path, cfg)
 
-    def has_weights(self) -> bool:
-        return self.weights_path.exists()
-
     def log(self, record: dict[str, Any]) -> None:
         with open(self.path / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
