@@ -51,7 +51,8 @@ def test_a_prompt_becomes_tokens_and_notes():
 
 
 def test_notes_from_tokens_skips_start_and_zero_length_notes():
-    notes = notes_from_tokens(["START", "C4", "D4", "rest", "E4"], ["0.0", "0.5", "0.0", "1.0", "2.0"])
+    notes = notes_from_tokens(["START", "C4", "D4", "rest", "E4"],
+                              ["0.0", "0.5", "0.0", "1.0", "2.0"])
     assert [(n["pitch"], n["start"], n["duration"]) for n in notes] == [(60, 0.0, 0.5),
                                                                          (64, 1.5, 2.0)]
     assert all(n["track"] == 0 for n in notes)
