@@ -3,7 +3,7 @@ bookkeeping the families' fast samplers share (the families' tests check them on
 import pytest
 import torch
 
-from genzoo.family import uniforms
+from genzoo.family import categorical, uniforms
 from genzoo.nn.autoregressive import (TokenSteps, generate, raster_sample, raster_steps,
                                       run_token_steps, window_start)
 
@@ -121,7 +121,6 @@ def test_generate_draws_aligned_streams_in_order_with_their_own_temperatures():
     assert torch.allclose(seen[0][0], notes.expand(2, -1) / 0.5)
     assert torch.allclose(seen[0][1], durs.expand(2, -1) / 2.0)
     g = torch.Generator().manual_seed(4)  # the same draws by hand: note, then duration
-    from genzoo.family import categorical
     first = [categorical(notes.expand(2, -1) / 0.5, g), categorical(durs.expand(2, -1) / 2.0, g)]
     assert torch.equal(out[:, 1], torch.stack(first, -1))
     with pytest.raises(ValueError, match="one stream"):
