@@ -45,8 +45,8 @@ def record(model: str, device: torch.device, metric: str, setting: str, values: 
 
 def bench_data(p: Any, batch_size: int) -> Any:
     """Real data when it is at hand (embedded, cached), else uniform noise of the right shape."""
-    from genzoo.core.sources import load
     from genzoo.core.factory import DataShape
+    from genzoo.core.sources import load
     try:
         cfg = p.data
         cfg.download = False

@@ -20,12 +20,12 @@ from genzoo.core import sample as samplelib
 from genzoo.core.batching import batches
 from genzoo.core.commit import recover, verify
 from genzoo.core.data_config import DataConfig
-from genzoo.core.sources import load as load_data
 from genzoo.core.factory import (Plan, build_from_config, build_model, family_of, plan, run_field,
                                  versions)
 from genzoo.core.registry import FamilyEntry
 from genzoo.core.run_folder import TRAINER_JSON, WEIGHTS, Run, RunLock
 from genzoo.core.sampler import draw
+from genzoo.core.sources import load as load_data
 from genzoo.core.train_config import TrainConfig, pick_device, validate_train
 from genzoo.core.trainer import Trainer
 from genzoo.errors import CheckpointError, ConfigError, GenzooError
