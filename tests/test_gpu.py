@@ -136,3 +136,15 @@ def test_pixelcnn_md_cached_sampler_runs_as_cuda_graphs_and_draws_the_eager_imag
     eager = CachedSampler(cuda_graph=False).sample(model, 2, g())
     naive = NaiveSampler().sample(model, 2, g())
     assert torch.equal(graph, eager) and torch.equal(graph, naive)
+
+
+def test_nproc_above_the_gpu_count_is_one_line():
+    from click.testing import CliRunner
+
+    from genzoo.cli import cli
+    n = torch.cuda.device_count()
+    res = CliRunner().invoke(cli, ["train", "pixelcnn", "--device", "cuda", "--nproc", str(n + 1),
+                                   "--steps", "1"])
+    assert res.exit_code == 1, res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    assert f"--nproc {n + 1} is more than the {n} GPU" in res.output

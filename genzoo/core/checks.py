@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from genzoo.core.data import SOURCES
+from genzoo.core.sources import SOURCES
 from genzoo.core.plugins import BUILTIN, strict
 from genzoo.core.registry import Registry, resolve
 from genzoo.errors import RegistryError

@@ -39,9 +39,10 @@ def nproc_limit(device: str = "auto") -> tuple[int, str]:
     """How many ranks this machine can run on `device`, and what they are counted in: GPUs on
     CUDA (one rank per GPU), CPU cores otherwise (more ranks than cores only oversubscribe)."""
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
-        return torch.cuda.device_count(), "GPUs"
+        n = torch.cuda.device_count()
+        return n, "GPU" + "s" * (n != 1)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return cores or 1, "CPU cores"
+    return cores or 1, "CPU core" + "s" * (cores != 1)
 
 
 def check_nproc(nproc: int, device: str | None = None) -> None:
