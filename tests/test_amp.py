@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from genzoo import api
-from genzoo.core import trainer
-from genzoo.core.trainer import StepContext, cpu_bf16_matmul
+from genzoo.core import train_config
+from genzoo.core.train_config import StepContext, cpu_bf16_matmul
 
 CPU = torch.device("cpu")
 
@@ -23,7 +23,7 @@ def test_auto_follows_the_cpu(monkeypatch, flag, want):
 
 def test_detection_reads_the_cpu_flags(monkeypatch):
     monkeypatch.delenv("GENZOO_CPU_BF16", raising=False)
-    monkeypatch.setattr(trainer, "_CPU_BF16", None)
+    monkeypatch.setattr(train_config, "_CPU_BF16", None)
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()

@@ -27,7 +27,7 @@ from genzoo.core.tensors import (load_tensors, load_weights, optimizer_from_tens
                                  optimizer_to_tensors, save_tensors, save_weights)
 # TrainConfig, StepContext ... live in train_config (a leaf); kept importable from here for code
 # written against genzoo.core.trainer (benchmarks/)
-from genzoo.core.train_config import (_CPU_BF16, StepContext, TrainConfig,  # noqa: F401
+from genzoo.core.train_config import (StepContext, TrainConfig,  # noqa: F401
                                       cpu_bf16_matmul, pick_device, validate_train)
 from genzoo.errors import CheckpointError, ConfigError, TrainingDiverged
 
