@@ -156,9 +156,9 @@ def tiny_run(tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("fuzz") / "run"
     from genzoo.core import runner
-    runner.train("pixelcnn", "quick", {"train.steps": 4, "filters": 8, "blocks": 1,
-                                       "sample_every": 0, "checkpoint_every": 2}, out=out,
-                 progress=False, stop_after=2)
+    from tiny import tiny  # the `tiny` fixture's table (a module-scoped fixture cannot take it)
+    runner.train("pixelcnn", "quick", tiny("pixelcnn", steps=4), out=out, progress=False,
+                 stop_after=2)
     yield out
     torch.set_num_threads(before)
 
