@@ -164,9 +164,9 @@ def test_samplers_declare_inputs_shows_and_grad_needs(ring_plugin, tmp_path):
     noise = torch.zeros(3, 2)
     s = loaded.sample(3, inputs={"noise": noise})
     assert torch.allclose(s.points, loaded.model.mu.detach().expand(3, 2))
-    with pytest.raises(ConfigError, match="--prompt given, but sampler 'gauss' of family 'gauss' takes --noise"):
+    with pytest.raises(ConfigError, match="input 'prompt' given, but sampler 'gauss' of family 'gauss' takes inputs: noise"):
         loaded.sample(3, inputs={"prompt": "hello"})
-    with pytest.raises(ConfigError, match="has no chain to show .*--show-mean"):
+    with pytest.raises(ConfigError, match="has no chain to show .*it can show: mean"):
         loaded.sample(3, inputs={"show": ("chain",)})
     shown = loaded.sample(3, inputs={"show": ("mean",)})
     assert "data mean" in shown.extras["mean"]

@@ -157,7 +157,7 @@ def test_book_preset_has_the_books_parameter_count():
     (["--prompt", "zyzzyva qwxp"], "only unknown words"),
     (["--set", "temperature=0"], "temperature must be > 0"),
     (["--set", "top_k=100000"], "larger than the vocabulary (300 tokens)"),
-    (["--label", "3"], "--label given, but sampler 'stateful' of family 'lstm' takes --prompt"),
+    (["--label", "3"], "input 'label' given, but sampler 'stateful' of family 'lstm' takes inputs: prompt"),
 ])
 def test_bad_sampling_input_fails_in_one_line(run, args, message):
     res = invoke("sample", run.path, "--n", 1, *args)
@@ -169,7 +169,7 @@ def test_an_image_sampler_refuses_a_prompt(tmp_path, tiny):
     img = api.train("pixelcnn", "quick", tiny("pixelcnn", steps=1, **{"train.batch_size": 4}),
                     out=tmp_path / "img", progress=False)
     res = invoke("sample", img.path, "--n", 1, "--prompt", "recipe for")
-    assert res.exit_code != 0 and "--prompt given" in res.output
+    assert res.exit_code != 0 and "input 'prompt' given" in res.output
     assert len(res.output.strip().splitlines()) == 1, res.output
 
 

@@ -64,11 +64,6 @@ class ModelEntry:
     figures: str = ""  # measured figures for the README's table (with the benchmark behind them)
     plugin: str = plugins.BUILTIN  # the distribution that registered it
 
-    @property
-    def source(self) -> str:
-        """Old name of ``plugin`` (a run's config.json still records it as "source")."""
-        return self.plugin
-
     def resolved(self, preset: str = "quick") -> dict[str, dict[str, Any]]:
         """Entry config merged with one preset: ``{"model": {...}, "train": {...}, "data": {...}}``."""
         if preset not in self.presets:

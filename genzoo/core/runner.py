@@ -47,7 +47,7 @@ def sample_writer(run: Run, family: FamilyEntry, sampler_name: str | None,
 
 def _config_record(p: Plan, model: Any, overrides: dict[str, Any] | None) -> dict[str, Any]:
     return {
-        "name": p.entry.name, "family": p.entry.family, "source": p.entry.source,
+        "name": p.entry.name, "family": p.entry.family, "source": p.entry.plugin,
         "preset": p.preset, "overrides": {k: str(v) for k, v in (overrides or {}).items()},
         "model": configlib.to_dict(model.config), "train": configlib.to_dict(p.train),
         "data": configlib.to_dict(p.data), "sampler": p.sampler, "sampler_options": {},

@@ -96,16 +96,16 @@ def check_inputs(sampler: Sampler, family: str, inputs: dict[str, Any]) -> dict[
     shows = inputs.pop("show", None)
     for key in inputs:
         if key not in sampler.inputs:
-            takes = ", ".join(f"--{k}" for k in sampler.inputs) or "no inputs"
+            takes = ", ".join(sampler.inputs) or "none"
             why = " (it is an unconditional model)" if key == "label" else ""
-            raise ConfigError(f"--{key} given, but sampler {sampler.name!r} of family {family!r} "
-                              f"takes {takes}{why}")
+            raise ConfigError(f"input {key!r} given, but sampler {sampler.name!r} of family "
+                              f"{family!r} takes inputs: {takes}{why} (--input NAME=VALUE)")
     if shows:
         shows = [shows] if isinstance(shows, str) else list(shows)
         for s in shows:
             if s not in sampler.shows:
-                can = ", ".join(f"--show-{k}" for k in sampler.shows) or "nothing extra"
-                raise ConfigError(f"--show-{s} given, but sampler {sampler.name!r} of family "
+                can = ", ".join(sampler.shows) or "nothing extra"
+                raise ConfigError(f"--show {s} given, but sampler {sampler.name!r} of family "
                                   f"{family!r} has no {s} to show (it can show: {can})")
         inputs["show"] = tuple(shows)
     return inputs
