@@ -116,7 +116,7 @@ def test_cli_samples_views_and_refuses_what_points_do_not_take(tmp_path):
         assert len(lines) == 1, res.output
         assert all(n in lines[0] for n in needles), res.output
 
-    fails(["sample", str(out), "--label", "1"], "--label", "inverse")
+    fails(["sample", str(out), "--label", "1"], "'label'", "inverse")
     fails(["sample", str(out), "--show-chain"], "chain")
     fails(["sample", str(out), "--set", "size=16"], "size")
     fails(["sample", str(out), "--set", "temperature=-1"], "temperature")

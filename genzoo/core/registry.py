@@ -8,6 +8,8 @@ Every entry records the ``plugin`` (distribution, or "built-in") it came from; a
 """
 from __future__ import annotations
 
+import copy
+
 import fnmatch
 import importlib
 import re
@@ -294,7 +296,10 @@ class Registry:
             if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
                 raise RegistryError(f"{kind} name {name!r} from {source}: use lowercase letters, "
                                     "digits, '-', '_' or '.'")
-            entry = _make(cls, name, kwargs, source, kind)
+            # a deep copy: entries are changed later (a plugin adds a sampler to a family), and
+            # must never write through into the plugin's own dicts (the built-in plugin's are
+            # its cached registry.yaml, which outlives a registry reset)
+            entry = _make(cls, name, copy.deepcopy(kwargs), source, kind)
             entry.plugin = source
             staged.append((name, entry))
         return register
