@@ -174,7 +174,9 @@ BUILTIN_WRITERS: dict[str, Any] = {"image": write_image, "text": write_text,
 
 def writer_for(kind: str) -> Any:
     from genzoo.core.registry import registry, resolve
-    ref = registry().writers.get(kind) or BUILTIN_WRITERS.get(kind)
+    # the core's own kinds first: a plugin can add kinds, never replace these (the registry
+    # refuses such a writer too, naming both plugins)
+    ref = BUILTIN_WRITERS.get(kind) or registry().writers.get(kind)
     if ref is None:
         from genzoo.errors import ConfigError
         valid = sorted({*BUILTIN_WRITERS, *registry().writers})
