@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
+import numbers
+import re
+import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -73,40 +77,9 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
             return bool(value)
         raise ConfigError(f"bad value {value!r} for {key}: expected true or false")
     if annotation is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"bad value {value!r} for {key}: expected an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                try:
-                    f = float(value)
-                except ValueError:
-                    f = None
-                if f is not None and f.is_integer():
-                    return int(f)
-        raise ConfigError(f"bad value {value!r} for {key}: expected an integer")
+        return _integer(key, value)
     if annotation is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                number = float(value)
-            except OverflowError:  # an int too large for a float
-                raise ConfigError(f"bad value {value!r} for {key}: number out of range") from None
-        elif isinstance(value, str):
-            try:
-                number = float(value.replace("_", "") if value.strip() else value)
-            except ValueError:
-                pass
-        if number is None:
-            raise ConfigError(f"bad value {value!r} for {key}: expected a number")
-        if number != number:  # nan passes every `x > 0` check the wrong way: never a setting
-            raise ConfigError(f"bad value {value!r} for {key}: expected a number, not nan")
-        return number
+        return _float(key, value)
     if annotation is str:
         if isinstance(value, str):
             return value
@@ -114,6 +87,75 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
             return str(value)
         raise ConfigError(f"bad value {value!r} for {key}: expected a string")
     return value
+
+
+# the range every integer setting must fit: torch stores sizes and counts as int64, and a number
+# past it fails deep inside torch (or loops for ever) instead of here, as one line
+INT_MAX = 2 ** 63 - 1
+_INTEGER = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*")
+
+
+def _integer(key: str, value: Any) -> int:
+    """Integer settings take integer literals only: ``200``, ``-3``, ``1_000``. ``1e9``, ``2.0``
+    and ``True`` are refused, since a float or a bool that happens to be whole is far more often
+    a slip (``max_new_tokens=1e9``) than meant."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            value = int(value)  # numpy's integers, from a config built in Python
+        else:
+            raise ConfigError(f"bad value {value!r} for {key}: expected an integer literal "
+                              "such as 200 (not a float or a bool)")
+    if isinstance(value, str):
+        text = value.strip()
+        if not _INTEGER.fullmatch(text):
+            raise ConfigError(f"bad value {value!r} for {key}: expected an integer literal "
+                              "such as 200 (not 1e9 or 2.0)")
+        digits = text.lstrip("+-").replace("_", "").lstrip("0")
+        if len(digits) > len(str(INT_MAX)):  # before int(): Python refuses > 4300 digits itself
+            raise ConfigError(f"bad value {_short(value)} for {key}: number out of range "
+                              f"(at most {INT_MAX})")
+        value = int(text.replace("_", ""))
+    if not -INT_MAX <= value <= INT_MAX:
+        raise ConfigError(f"bad value {_short(value)} for {key}: number out of range "
+                          f"(at most {INT_MAX})")
+    return value
+
+
+def _float(key: str, value: Any) -> float:
+    """A finite float: ``1e999`` (which Python reads as inf), ``inf`` and ``nan`` are refused,
+    as is an integer too large for a float."""
+    number = None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a float
+            raise ConfigError(f"bad value {_short(value)} for {key}: number out of range "
+                              f"(at most about {sys.float_info.max:.1e})") from None
+    elif isinstance(value, str):
+        try:
+            number = float(value.replace("_", "") if value.strip() else value)
+        except ValueError:
+            pass
+    if number is None:
+        raise ConfigError(f"bad value {_short(value)} for {key}: expected a number")
+    if number != number:  # nan passes every `x > 0` check the wrong way: never a setting
+        raise ConfigError(f"bad value {_short(value)} for {key}: expected a number, not nan")
+    if math.isinf(number):
+        word = isinstance(value, str) and value.strip().lstrip("+-").lower() in ("inf", "infinity")
+        if word or (isinstance(value, float) and math.isinf(value)):
+            raise ConfigError(f"bad value {_short(value)} for {key}: expected a finite number")
+        raise ConfigError(f"bad value {_short(value)} for {key}: number out of range "
+                          f"(at most about {sys.float_info.max:.1e})")
+    return number
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """The value as the message quotes it, cut so a 10**400 does not fill the screen."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        # str() of an int past 4300 digits raises, and is slow well before that
+        return f"(an integer of about {int(value.bit_length() * 0.30103) + 1} digits)"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _literal(text: str) -> Any:
