@@ -12,7 +12,7 @@ from genzoo.core.atomic import read_json, write_json
 from genzoo.core.model import Model
 from genzoo.core.run_folder import ARTIFACT_JSON, ARTIFACT_TENSORS
 from genzoo.core.tensors import load_tensors, save_tensors
-from genzoo.errors import CheckpointError
+from genzoo.errors import CheckpointError, GenzooError
 
 
 def save_artifacts(model: Any, folder: Path, metadata: dict[str, str] | None = None) -> None:
@@ -31,20 +31,75 @@ def save_artifacts(model: Any, folder: Path, metadata: dict[str, str] | None = N
 
 
 def load_artifacts(model: Any, folder: Path) -> None:
+    """Restore the run's artifacts into `model`, checked against what the model declares (its
+    ``artifacts()`` before loading): every declared key present, a tensor where it declares a
+    tensor (of its dtype) and JSON where it declares JSON, and no key it would not save. A
+    mismatch is one CheckpointError naming the file, the key, what was expected and found."""
     folder = Path(folder)
     items: dict[str, Any] = {}
+    where: dict[str, Path] = {}
     if (folder / ARTIFACT_TENSORS).exists():
-        items.update(load_tensors(folder / ARTIFACT_TENSORS))
+        tensors = load_tensors(folder / ARTIFACT_TENSORS)
+        items.update(tensors)
+        where.update(dict.fromkeys(tensors, folder / ARTIFACT_TENSORS))
     if (folder / ARTIFACT_JSON).exists():
         obj = read_json(folder / ARTIFACT_JSON)
         if not isinstance(obj, dict) or not isinstance(obj.get("artifacts"), dict):
             raise CheckpointError(f"{folder / ARTIFACT_JSON} is not a genzoo artifacts file")
         items.update(obj["artifacts"])
+        where.update(dict.fromkeys(obj["artifacts"], folder / ARTIFACT_JSON))
+    declared = _declared(model)
+    if declared is not None:
+        _check_declared(declared, items, where, folder)
     if items or type(model).load_artifacts is not Model.load_artifacts:
         try:
             model.load_artifacts(items)
         except CheckpointError:
             raise
-        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        except GenzooError as e:  # a family's own check (a corrupt tokenizer): name the files
+            raise CheckpointError(f"the run's artifacts in {folder} are damaged: {e}") from None
+        except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:
             raise CheckpointError(f"the run's artifacts in {folder} do not fit this model "
                                   f"({type(e).__name__}: {e})") from None
+    if declared is not None:
+        saved_again = _declared(model) or {}
+        unexpected = sorted(set(items) - set(declared) - set(saved_again))
+        if unexpected:
+            k = unexpected[0]
+            raise CheckpointError(
+                f"{where[k]} holds {', '.join(repr(u) for u in unexpected[:4])}, which "
+                f"{type(model).__name__} does not save (its artifacts: "
+                f"{', '.join(sorted(set(declared) | set(saved_again))) or 'none'}): the file is "
+                "another model's or was edited")
+
+
+def _declared(model: Any) -> dict[str, Any] | None:
+    """What the model would save now (None when it cannot say: a model that is not a genzoo
+    Model, or whose artifacts() needs training first)."""
+    if not hasattr(model, "artifacts"):
+        return None
+    try:
+        out = model.artifacts()
+    except Exception:  # noqa: BLE001 - an untrained model may not know; then nothing is checked
+        return None
+    return out if isinstance(out, dict) else None
+
+
+def _kind(value: Any) -> str:
+    return f"a {str(value.dtype).removeprefix('torch.')} tensor" if isinstance(value, torch.Tensor) \
+        else f"JSON ({type(value).__name__})"
+
+
+def _check_declared(declared: dict[str, Any], items: dict[str, Any], where: dict[str, Path],
+                    folder: Path) -> None:
+    for key, want in declared.items():
+        wants_tensor = isinstance(want, torch.Tensor)
+        if key not in items:
+            file = folder / (ARTIFACT_TENSORS if wants_tensor else ARTIFACT_JSON)
+            raise CheckpointError(f"{file} lacks the artifact {key!r} (expected {_kind(want)}): "
+                                  "the run is damaged or was edited; restore it from a copy")
+        found = items[key]
+        if wants_tensor != isinstance(found, torch.Tensor) or \
+                (wants_tensor and found.dtype != want.dtype):
+            raise CheckpointError(f"{where[key]}: artifact {key!r} is {_kind(found)}, expected "
+                                  f"{_kind(want)}")

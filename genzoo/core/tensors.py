@@ -51,13 +51,18 @@ def save_weights(module: torch.nn.Module, path: Path, metadata: dict[str, str] |
 
 
 def load_weights(module: torch.nn.Module, path: Path, strict: bool = True) -> None:
-    """Load into `module`, reporting missing, unexpected and mis-shaped keys in one message."""
+    """Load into `module`, checked against what it declares (its state dict): missing,
+    unexpected, mis-shaped and mis-typed keys are reported in one message naming the file.
+    A dtype is never converted silently: float16 weights in a float32 model lost precision,
+    and float64 ones are another program's."""
     state = clean_state_dict(load_tensors(path))
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if strict and (missing or unexpected or mismatched):
+    mistyped = sorted(k for k in set(own) & set(state)
+                      if k not in mismatched and own[k].dtype != state[k].dtype)
+    if strict and (missing or unexpected or mismatched or mistyped):
         parts = []
         if missing:
             parts.append(f"missing {_few(missing)}")
@@ -66,8 +71,16 @@ def load_weights(module: torch.nn.Module, path: Path, strict: bool = True) -> No
         if mismatched:
             parts.append("shape mismatch " + _few(
                 f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched))
-        raise CheckpointError(f"{path} does not fit this model: " + "; ".join(parts))
+        if mistyped:
+            parts.append("dtype mismatch " + _few(
+                f"{k} {_dtype(state[k])} vs {_dtype(own[k])}" for k in mistyped))
+        raise CheckpointError(f"{path} does not fit this model (found vs expected): "
+                              + "; ".join(parts))
     module.load_state_dict(state, strict=strict)
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
 
 
 def _few(items: Iterable[str], n: int = 4) -> str:

@@ -95,19 +95,31 @@ class Tokenizer:
         return self.vocab[i] if 0 <= i < len(self.vocab) else "?"
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        """A prompt must hold at least one known token; unknown words are dropped with a clear
-        error only when nothing is left."""
+        """A prompt's ids; a word or character outside the vocabulary is refused, naming every
+        one (never dropped: the model would continue a different text than the one asked for,
+        and [UNK] would make it continue an unknown word), with close vocabulary words."""
         if self.level == "char":
             bad = sorted({c for c in prompt if c not in self._index})
             if bad:
                 raise ConfigError(f"prompt has characters outside the vocabulary: {bad!r}")
             return self.encode(prompt)
         toks = self.split(prompt)
-        ids = [self._index[t] for t in toks if t in self._index]
-        if toks and not ids:
-            raise ConfigError(f"prompt {prompt!r} has only unknown words; the vocabulary has "
-                              f"{len(self)} words learned from the training data")
-        return ids
+        unknown = list(dict.fromkeys(t for t in toks if t not in self._index))
+        if unknown:
+            import difflib
+            words = [w for w in self.vocab[2:] if w]
+            close = {u: difflib.get_close_matches(u, words, n=1, cutoff=0.75) for u in unknown[:8]}
+            hints = [f"{u!r} -> {c[0]!r}" for u, c in close.items() if c]
+            shown = ", ".join(repr(u) for u in unknown[:8]) + (
+                f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else "")
+            msg = (f"unknown words in prompt: {shown} (not in the run's {len(self):,}-word "
+                   "vocabulary learned from its training data)")
+            if len(unknown) == len(set(toks)):
+                msg += "; the prompt has only unknown words"
+            if hints:
+                msg += f"; close: {', '.join(hints)}"
+            raise ConfigError(msg)
+        return [self._index[t] for t in toks]
 
     # -- persistence ------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -115,10 +127,27 @@ class Tokenizer:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "Tokenizer":
-        try:
-            return cls(obj["level"], list(obj["vocab"]), bool(obj.get("lowercase", True)))
-        except (KeyError, TypeError) as e:
-            raise DataError(f"corrupt tokenizer JSON ({e})") from None
+        """A saved tokenizer, checked: level word or char, a vocabulary of distinct strings
+        (a word vocabulary starts with padding and [UNK]), lowercase a boolean."""
+        if not isinstance(obj, dict):
+            raise DataError(f"corrupt tokenizer JSON: expected an object, found "
+                            f"{type(obj).__name__}")
+        level, vocab = obj.get("level"), obj.get("vocab")
+        lowercase = obj.get("lowercase", True)
+        if level not in ("word", "char"):
+            raise DataError(f"corrupt tokenizer JSON: level {level!r}; valid: word, char")
+        if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
+            raise DataError("corrupt tokenizer JSON: vocab must be a list of strings")
+        if len(set(vocab)) != len(vocab):
+            dup = next(t for i, t in enumerate(vocab) if t in vocab[:i])
+            raise DataError(f"corrupt tokenizer JSON: vocab holds {dup!r} twice")
+        if level == "word" and vocab[:2] != [PAD, UNK]:
+            raise DataError(f"corrupt tokenizer JSON: a word vocabulary starts with padding "
+                            f"{PAD!r} and {UNK!r}, found {vocab[:2]!r}")
+        if not isinstance(lowercase, bool):
+            raise DataError(f"corrupt tokenizer JSON: lowercase must be true or false, found "
+                            f"{lowercase!r}")
+        return cls(level, list(vocab), lowercase)
 
 
 @dataclass
@@ -173,23 +202,69 @@ def _fill(template: str, record: dict[str, Any]) -> str | None:
     return template.format(**values)
 
 
+def read_text_exactly(path: Path | Any) -> str:
+    """A data file as UTF-8 text (a leading byte-order mark is dropped); bytes that are not
+    UTF-8 are a one-line DataError naming the file, the line, the column and the byte offset."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"{path} is not UTF-8 text: byte 0x{raw[e.start]:02x} at line {line}, "
+                        f"column {column} (byte offset {e.start}); save it as UTF-8") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _json_error(path: Any, e: json.JSONDecodeError, line: int | None = None) -> DataError:
+    where = f"line {line}, column {e.colno}" if line is not None else \
+        f"line {e.lineno}, column {e.colno}"
+    return DataError(f"{path} is not valid JSON{' Lines' if line is not None else ''}: {e.msg} at "
+                     f"{where}")
+
+
 def read_documents(path: Path | Any, fmt: str, template: str | None) -> list[str]:
-    """Documents from a .txt (one corpus), .jsonl / .json (records) or .csv (rows) file."""
+    """Documents from a .txt (one corpus), .jsonl / .json (records) or .csv (rows) file. A file
+    that is not UTF-8, or not valid JSON / CSV, is a one-line DataError naming where it broke."""
     import csv
     import io
-    raw = path.read_text(encoding="utf-8")
+    if fmt not in ("txt", "jsonl", "json", "csv"):
+        raise DataError(f"unknown text format {fmt!r}; valid: txt, jsonl, json, csv")
+    raw = read_text_exactly(path)
     if fmt == "txt":
         return [raw]
     if fmt == "jsonl":
-        records = [json.loads(line) for line in raw.splitlines() if line.strip()]
+        records = []
+        for i, line in enumerate(raw.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise _json_error(path, e, i) from None
+                except RecursionError:
+                    raise DataError(f"{path} is not valid JSON Lines: nested too deeply at "
+                                    f"line {i}") from None
     elif fmt == "json":
-        records = json.loads(raw)
+        try:
+            records = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise _json_error(path, e) from None
+        except RecursionError:
+            raise DataError(f"{path} is not valid JSON: nested too deeply") from None
         if isinstance(records, dict):
             records = list(records.values())
-    elif fmt == "csv":
-        records = list(csv.DictReader(io.StringIO(raw)))
+        if not isinstance(records, list):
+            raise DataError(f"{path}: expected a list (or an object) of records, found "
+                            f"{type(records).__name__}")
     else:
-        raise DataError(f"unknown text format {fmt!r}; valid: txt, jsonl, json, csv")
+        reader = csv.DictReader(io.StringIO(raw))
+        try:
+            records = list(reader)
+        except csv.Error as e:
+            raise DataError(f"{path} is not valid CSV: {e} at line {reader.line_num}") from None
     if not template:
         raise DataError(f"{path}: records need a template, e.g. 'Recipe for {{title}} | {{directions}}'")
     docs = [d for d in (_fill(template, r) for r in records if isinstance(r, dict)) if d]

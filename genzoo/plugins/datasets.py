@@ -37,17 +37,48 @@ def load_two_moons(entry: Any, cfg: DataConfig, split: str) -> PointData:
     return PointData((chosen - mean) / std, mean, std, entry.name)
 
 
+_TRUE, _FALSE = ("1", "true"), ("-1", "0", "false")  # CelebA writes 1 / -1
+
+
 def read_attribute_csv(path: Path) -> tuple[list[str], dict[str, list[bool]]]:
-    """CelebA's ``list_attr_celeba.csv``: ``image_id`` then one column per attribute, -1/1."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or len(rows[0]) < 2:
+    """CelebA's ``list_attr_celeba.csv``: ``image_id`` then one column per attribute, 1 / -1
+    (0, true, false too). The file must be UTF-8 CSV with one value per attribute in every
+    row; anything else is a one-line DataError naming the line."""
+    import io
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read attribute file {path}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"attribute file {path} is not UTF-8 text: byte 0x{raw[e.start]:02x} at "
+                        f"line {line} (byte offset {e.start})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as e:
+        raise DataError(f"attribute file {path} is not valid CSV: {e} at line "
+                        f"{reader.line_num}") from None
+    if not rows or len(rows[0][1]) < 2:
         raise DataError(f"attribute file {path} is empty or has no attribute columns")
-    names = [n.strip() for n in rows[0][1:]]
+    names = [n.strip() for n in rows[0][1][1:]]
     table = {}
-    for row in rows[1:]:
-        if row:
-            table[Path(row[0].strip()).name] = [v.strip() in ("1", "True", "true") for v in row[1:]]
+    for line, row in rows[1:]:
+        if not row or not any(v.strip() for v in row):
+            continue
+        if len(row) != len(names) + 1:
+            raise DataError(f"attribute file {path}, line {line}: {len(row) - 1} values for "
+                            f"{len(names)} attributes")
+        values = []
+        for name, v in zip(names, row[1:]):
+            v = v.strip().lower()
+            if v not in _TRUE + _FALSE:
+                raise DataError(f"attribute file {path}, line {line}: {name} is {v[:20]!r}; "
+                                "valid: 1, -1, 0, true, false")
+            values.append(v in _TRUE)
+        table[Path(row[0].strip()).name] = values
     return names, table
 
 

@@ -50,8 +50,12 @@ def _parse_cached(files: list[Path], cache: Path, what: str) -> list[dict[str, A
     which later runs read instead."""
     if cache.exists():
         try:
-            return json.loads(cache.read_text())["pieces"]
-        except (ValueError, KeyError):
+            pieces = json.loads(cache.read_text(encoding="utf-8"))["pieces"]
+            if isinstance(pieces, list) and len(pieces) == len(files) and all(
+                    isinstance(p, dict) and isinstance(p.get("notes"), list)
+                    and isinstance(p.get("durations"), list) for p in pieces):
+                return pieces
+        except (ValueError, KeyError, TypeError, OSError, RecursionError):
             pass  # a damaged cache: parse again
     if len(files) >= 20:  # a wait worth announcing (the chorales: a minute or more)
         print(f"parsing {len(files)} {what} with music21, once (cached in {cache}) ...",
@@ -61,7 +65,7 @@ def _parse_cached(files: list[Path], cache: Path, what: str) -> list[dict[str, A
         notes, durs = parse_file(path)
         pieces.append({"name": path.name, "notes": notes, "durations": durs})
     body = json.dumps({"version": TOKENS_VERSION, "pieces": pieces})
-    atomic_write(cache, lambda p: p.write_text(body))
+    atomic_write(cache, lambda p: p.write_text(body, encoding="utf-8"))
     return pieces
 
 
@@ -149,7 +153,7 @@ def load_bach_chorales(entry: Any, cfg: DataConfig, split: str) -> MusicTokens:
 
 def load_score_folder(entry: Any, cfg: DataConfig, split: str) -> MusicTokens:
     """``--data folder:PATH`` for music models: every MIDI / MusicXML / Humdrum / ABC file under
-    PATH, parsed once (cached by file names, sizes and times)."""
+    PATH, parsed once (cached by file names, sizes, times and inodes)."""
     if not cfg.path:
         raise DataError("the music folder source needs a path: --data folder:PATH")
     folder = Path(cfg.path).expanduser()
@@ -160,7 +164,10 @@ def load_score_folder(entry: Any, cfg: DataConfig, split: str) -> MusicTokens:
         raise DataError(f"no MIDI or MusicXML files ({', '.join(SCORE_SUFFIXES)}) found in {folder}")
     if cfg.limit:
         files = files[: cfg.limit]
-    stat = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
+    # what a content change cannot keep: a rewrite sets the ctime, a replacement a new inode
+    # (size and whole-second mtimes, the old key, survive an edit with its mtime put back)
+    stat = [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns,
+             p.stat().st_ctime_ns, p.stat().st_ino) for p in files]
     cache = data_root(cfg.root) / "cache" / (
         f"music-folder-{_key(folder.resolve(), TOKENS_VERSION, stat)}.json")
     pieces = _parse_cached(files, cache, f"scores from {folder}")

@@ -65,6 +65,9 @@ def beats_of(token: str) -> float:
         return 0.0
 
 
+MIN_BEATS, MAX_BEATS = Fraction(1, 64), 64  # a prompt's durations, in quarter notes
+
+
 def parse_prompt(prompt: str) -> list[tuple[str, str]]:
     """The prompt syntax: notes separated by spaces, each ``NOTE[:DURATION]``.
 
@@ -79,6 +82,9 @@ def parse_prompt(prompt: str) -> list[tuple[str, str]]:
             out.append((f"{key[1].upper()}{key[2].replace('b', '-')}:{key[3]}", ZERO))
             continue
         if item.endswith("TS"):  # a time signature: 3/4TS
+            if not re.match(r"^[1-9]\d?/[1-9]\d?TS$", item):
+                raise ConfigError(f"prompt time signature {item!r} is not one: write BEATS/UNITTS, "
+                                  "e.g. '3/4TS' or '6/8TS'")
             out.append((item, ZERO))
             continue
         note, _, dur = item.partition(":")
@@ -97,6 +103,9 @@ def parse_prompt(prompt: str) -> list[tuple[str, str]]:
                               "notes (e.g. 1, 0.5, 1/3)") from None
         if q <= 0:
             raise ConfigError(f"prompt duration of {item!r} must be > 0 quarter notes")
+        if not MIN_BEATS <= q <= MAX_BEATS:  # 1e400 would overflow a float; 1e-400 round to 0
+            raise ConfigError(f"prompt duration {dur!r} of {item!r} is out of range: from 1/64 "
+                              f"to {MAX_BEATS} quarter notes")
         out.append((note, duration_token(q)))
     if not out:
         raise ConfigError("the prompt holds no notes; write e.g. 'G4:1 A4:0.5'")
