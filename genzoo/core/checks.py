@@ -74,7 +74,7 @@ def check(reg: Registry, cli: Any = None) -> tuple[int, list[Broken]]:
     if cli is not None:
         def add_commands(info: Any, fn: Any) -> None:
             try:
-                fn(cli=cli)
+                reg.host.stage_commands(cli, info, fn)  # all its commands or none
             except Exception as e:  # a built-in's (or, when strict, any) error: report it
                 if not (strict() or info.source == BUILTIN):
                     raise  # call_each marks the plugin broken; its line comes below

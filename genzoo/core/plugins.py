@@ -10,11 +10,14 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
+
+from genzoo.errors import RegistryError
 
 PROJECT = "genzoo"
 BUILTIN = "built-in"
@@ -23,6 +26,24 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 # Modules inside genzoo that register built-in families through the very same hooks.
 BUILTIN_PLUGINS = ("genzoo.plugins",)
+
+
+def clash(kind: str, name: str, first: str, second: str, like: str | None = None,
+          of: str = "") -> str:
+    """The one wording of every clash (a family, model, dataset, sampler, writer or command
+    name given twice): both sources are named, the first one stays, the later one is not loaded
+    at all. `like` is the name already taken when it is spelt differently (``List``, ``list``);
+    `of` says whose name it is (``family 'pixelcnn'`` for a sampler)."""
+    taken = f" (too close to {like!r})" if like is not None and like != name else ""
+    by = f"twice by {first}" if first == second else f"by {first} and by {second}"
+    return (f"duplicate {kind} name {name!r}{' of ' + of if of else ''}{taken}: registered "
+            f"{by}; the later one is not loaded — rename it")
+
+
+def _command_key(name: str) -> str:
+    # click spells a function `latent_plot` as the command `latent-plot`, and a terminal user
+    # does not tell `List` from `list` in a help page: names equal under this key clash
+    return name.casefold().replace("_", "-")
 
 
 class hookspecs:
@@ -102,7 +123,13 @@ class PluginHost:
             if allow is not None and dist not in allow and ep.name not in allow:
                 info.status = "skipped"
                 info.error = "not in GENZOO_LOAD_PLUGINS"
-                self.infos[ep.name] = info
+                self._store(info)
+                continue
+            if _normal(dist) == _normal(BUILTIN):
+                # call_each trusts this source (built-ins first, their errors raised): a
+                # distribution must not be able to claim it
+                self.fail(info, RuntimeError(f"distribution name {dist!r} is reserved for "
+                                             "genzoo's own plugin; rename the distribution"))
                 continue
             try:
                 module = ep.load()
@@ -118,25 +145,84 @@ class PluginHost:
             self.fail(info, RuntimeError(f"plugin name {info.name!r} already used by "
                                          f"{self.infos[info.name].source}"))
             return
+        key = self._key(info)  # info.name, unless a plugin that did not load holds it
         try:
-            self.pm.register(module, name=info.name)
+            self.pm.register(module, name=key)
         except Exception as e:  # pluggy validates hook signatures here
             if strict():
                 raise
             self.fail(info, e)
             return
         info.hooks = sorted(h.name for h in self.pm.get_hookcallers(module) or [])
-        self.infos[info.name] = info
+        self.infos[key] = info
+
+    def _key(self, info: PluginInfo) -> str:
+        """Where `info` goes in `infos` (and its name in pluggy): its name, or, when that is
+        taken by another plugin, the name with its source, so neither replaces the other."""
+        key, n = info.name, 1
+        while key in self.infos and self.infos[key] is not info:
+            n += 1
+            key = f"{info.name} ({info.source})" + (f" #{n}" if n > 2 else "")
+        return key
+
+    def _store(self, info: PluginInfo) -> None:
+        if not any(i is info for i in self.infos.values()):
+            self.infos[self._key(info)] = info
 
     def fail(self, info: PluginInfo, exc: BaseException) -> None:
         info.status = "error"
         info.error = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
-        self.infos[info.name] = info
+        self._store(info)
 
     def register_object(self, obj: Any, name: str, source: str = "test") -> None:
         """Register an in-process plugin (tests, notebooks)."""
         self.load()
         self._register(obj, PluginInfo(name, source, module=repr(obj)))
+
+    def add_commands(self, group: Any) -> None:
+        """Every loaded plugin's ``register_commands``, into the click `group`, once per host:
+        built-ins first, each plugin through `stage_commands` (all of its commands or none; a
+        name the group has is a clash naming both). Commands a previous host added are taken
+        out first, so a reset (tests, an in-process install) does not clash with itself."""
+        if getattr(group, "_genzoo_commands_host", None) is self:
+            return
+        owners: dict[str, tuple[str, Any]] = group.__dict__.setdefault("_genzoo_command_owners", {})
+        for name, (_, command) in list(owners.items()):
+            if group.commands.get(name) is command:
+                del group.commands[name]
+            del owners[name]
+        group._genzoo_commands_host = self
+        self.call_each("register_commands", lambda info, fn: self.stage_commands(group, info, fn))
+
+    def stage_commands(self, group: Any, info: PluginInfo, fn: Callable[..., Any]) -> None:
+        """Run one plugin's ``register_commands`` against a group of its own, then move what it
+        added into `group`. A plugin that raises half-way adds nothing; one whose command name
+        `group` already has (a built-in ``list``, an earlier plugin's) adds nothing and raises
+        the clash, naming both, so the built-in keeps its name whatever the load order."""
+        import click
+        staging = click.Group(name=getattr(group, "name", None))
+        fn(cli=staging)
+        owners: dict[str, tuple[str, Any]] = group.__dict__.setdefault("_genzoo_command_owners", {})
+        taken = {_command_key(n): n for n in group.commands}
+        own: dict[str, str] = {}
+        for name, command in staging.commands.items():
+            if not isinstance(name, str) or not re.fullmatch(r"[^\W_][\w.-]*", name):
+                raise ValueError(f"command name {name!r} from {info.source}: use letters, digits, "
+                                 "'-', '_' or '.', starting with a letter or digit")
+            if not isinstance(command, click.Command):
+                raise TypeError(f"command {name!r} from {info.source} is {command!r}, not a "
+                                "click command")
+            key = _command_key(name)
+            if key in own:  # the plugin gave two names for one (`a_b` and `a-b`)
+                raise RegistryError(clash("command", name, info.source, info.source, own[key]))
+            if key in taken:
+                first = taken[key]
+                owner = owners[first][0] if first in owners else BUILTIN
+                raise RegistryError(clash("command", name, owner, info.source, like=first))
+            own[key] = name
+        for name, command in staging.commands.items():
+            group.add_command(command, name)
+            owners[name] = (info.source, command)
 
     def unregister(self, name: str) -> None:
         plugin = self.pm.get_plugin(name)
@@ -175,6 +261,11 @@ class PluginHost:
                 self.fail(info, e)
                 if on_fail is not None:
                     on_fail(info)
+
+def _normal(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
 
 _host: PluginHost | None = None
 

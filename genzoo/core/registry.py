@@ -28,6 +28,13 @@ from genzoo.errors import GenzooError, RegistryError, UnknownNameError
 PRESETS = ("quick", "book")
 SECTIONS = ("model", "train", "data")
 
+# The core's own sample kinds and their writers (``genzoo.core.sample.BUILTIN_WRITERS``, named
+# lazily so listing imports no torch; a test keeps the two equal). They sit in every registry
+# from the start, so a plugin's writer for one of them is a clash, like a model name.
+CORE_WRITERS = {kind: f"genzoo.core.sample:write_{kind}"
+                for kind in ("image", "text", "points", "events")}
+_NAME = r"[a-z0-9][a-z0-9._-]*"  # family, model, dataset and sampler names
+
 
 @dataclass
 class FamilyEntry:
@@ -237,7 +244,11 @@ class Registry:
         self.families: dict[str, FamilyEntry] = {}
         self.models: dict[str, ModelEntry] = {}
         self.datasets: dict[str, DatasetSpec] = {}
-        self.writers: dict[str, Any] = {}  # sample kind -> writer (callable or "module:attr")
+        self.writers: dict[str, Any] = dict(CORE_WRITERS)  # kind -> callable or "module:attr"
+        # where writers, and samplers a plugin adds to a family, came from: clashes name both
+        # sources, and a plugin that fails takes its own out (a family's own samplers are its)
+        self.writer_plugins: dict[str, str] = dict.fromkeys(CORE_WRITERS, plugins.BUILTIN)
+        self.sampler_plugins: dict[tuple[str, str], str] = {}
         self._load()
 
     # -- loading -----------------------------------------------------------------------------
@@ -255,10 +266,14 @@ class Registry:
             # a failing plugin is out as a whole: partial state is worse
             self.host.call_each(hook, call, wrap=partial(_as_registry_error, hook=hook),
                                 on_fail=lambda info: self._drop(info.source))
+        # a plugin that fails here is out as a whole too: its families, models, datasets
+        # (added above), samplers and writers go
         self.host.call_each("register_samplers", self._add_samplers,
-                            wrap=partial(_as_registry_error, hook="register_samplers"))
+                            wrap=partial(_as_registry_error, hook="register_samplers"),
+                            on_fail=lambda info: self._drop(info.source))
         self.host.call_each("register_writers", self._add_writers,
-                            wrap=partial(_as_registry_error, hook="register_writers"))
+                            wrap=partial(_as_registry_error, hook="register_writers"),
+                            on_fail=lambda info: self._drop(info.source))
         for entry in self.models.values():
             if entry.family not in self.families:
                 entry.notes = (entry.notes + f" [family {entry.family!r} is not registered]").strip()
@@ -266,25 +281,38 @@ class Registry:
     def _add_samplers(self, info: plugins.PluginInfo, fn: Any) -> None:
         staged: list[tuple[str, str, Any]] = []
         fn(register=lambda family, name, sampler: staged.append((family, name, sampler)))
-        given = [(family, name) for family, name, _ in staged]
+        seen: set[tuple[str, str]] = set()
         for family, name, _ in staged:  # all checked before any is added
             fam = self.get_family(family)
-            if name in fam.samplers or given.count((family, name)) > 1:
-                raise RegistryError(f"sampler {name!r} of family {family!r} from "
-                                    f"{info.source} clashes with one from {fam.plugin}")
+            if not isinstance(name, str) or not re.fullmatch(_NAME, name):
+                raise RegistryError(f"sampler name {name!r} for family {family!r} from "
+                                    f"{info.source}: use lowercase letters, digits, '-', '_' "
+                                    "or '.'")
+            if name in fam.samplers or (family, name) in seen:
+                first = (info.source if (family, name) in seen
+                         else self.sampler_plugins.get((family, name), fam.plugin))
+                raise RegistryError(plugins.clash("sampler", name, first, info.source,
+                                                  of=f"family {family!r}"))
+            seen.add((family, name))
         for family, name, sampler in staged:
             self.families[family].samplers[name] = sampler
+            self.sampler_plugins[family, name] = info.source
 
     def _add_writers(self, info: plugins.PluginInfo, fn: Any) -> None:
         staged: list[tuple[str, Any]] = []
         fn(register=lambda kind, writer: staged.append((kind, writer)))
+        seen: set[str] = set()
         for kind, _ in staged:  # all checked before any is added
-            if not isinstance(kind, str) or not kind:
-                raise RegistryError(f"writer kind {kind!r} from {info.source}: give a name")
-            if kind in self.writers or [k for k, _ in staged].count(kind) > 1:
-                raise RegistryError(f"writer for {kind!r} from {info.source} clashes "
-                                    "with one already registered")
-        self.writers.update(staged)
+            if not isinstance(kind, str) or not re.fullmatch(_NAME, kind):
+                raise RegistryError(f"writer kind {kind!r} from {info.source}: use lowercase "
+                                    "letters, digits, '-', '_' or '.'")
+            if kind in self.writers or kind in seen:
+                first = info.source if kind in seen else self.writer_plugins[kind]
+                raise RegistryError(plugins.clash("writer kind", kind, first, info.source))
+            seen.add(kind)
+        for kind, writer in staged:
+            self.writers[kind] = writer
+            self.writer_plugins[kind] = info.source
 
     @staticmethod
     def _recorder(hook: str, source: str, staged: list[tuple[str, Any]]):
@@ -306,16 +334,25 @@ class Registry:
 
     def _add(self, target: dict[str, Any], name: str, entry: Any, source: str, hook: str) -> None:
         if name in target:
-            kind = hook.removeprefix("register_").rstrip("s").replace("famili", "family")
-            raise RegistryError(f"duplicate {kind} name {name!r}: registered by "
-                                f"{target[name].plugin} and by {source}; the later one is not "
-                                "loaded — rename it")
+            kind = {"register_families": "family", "register_datasets": "dataset",
+                    "register_models": "model"}[hook]
+            raise RegistryError(plugins.clash(kind, name, target[name].plugin, source))
         target[name] = entry
 
     def _drop(self, plugin: str) -> None:
+        """Take out everything `plugin` registered (it failed part-way: half of a plugin is
+        worse than none)."""
         for target in (self.families, self.models, self.datasets):
             for name in [n for n, e in target.items() if e.plugin == plugin]:
                 del target[name]
+        for (family, name), source in list(self.sampler_plugins.items()):
+            if source == plugin:
+                del self.sampler_plugins[family, name]
+                if family in self.families:
+                    self.families[family].samplers.pop(name, None)
+        for kind in [k for k, source in self.writer_plugins.items() if source == plugin]:
+            del self.writer_plugins[kind]
+            del self.writers[kind]
 
     # -- lookups -----------------------------------------------------------------------------
     def get(self, name: str) -> ModelEntry:
