@@ -21,14 +21,14 @@ class ZooGroup(click.Group):
     """Turns genzoo's own errors (user mistakes) into one line and exit code 2; anything else is
     a bug and keeps its traceback."""
 
-    _plugins_loaded = False
-
     def _plugin_commands(self) -> None:
-        if not ZooGroup._plugins_loaded:
-            ZooGroup._plugins_loaded = True
-            _load_plugin_commands(self)
+        _load_plugin_commands(self)  # once per plugin host (the host remembers)
 
     def get_command(self, ctx: click.Context, name: str) -> Any:
+        from genzoo.core.plugins import host
+        loaded = getattr(self, "_genzoo_commands_host", None)
+        if loaded is not None and loaded is not host():  # plugins reset since: never run stale
+            self._plugin_commands()
         cmd = super().get_command(ctx, name)
         if cmd is None:
             self._plugin_commands()
@@ -193,6 +193,8 @@ def plugins(ctx: click.Context, as_json: bool, check: bool) -> None:
       zoo plugins --check             # after installing or writing a plugin
     """
     reg = _registry()
+    if isinstance(ctx.find_root().command, click.Group):  # a command clash is a status too
+        _load_plugin_commands(ctx.find_root().command)
     if check:
         _check_plugins(ctx, reg)
         return
@@ -722,10 +724,12 @@ def bench(names: tuple[str, ...], all_models: bool, device: str, repeats: int,
 
 def _load_plugin_commands(group: click.Group) -> None:
     """Let plugins (built-in ones included) add commands; one broken plugin must not break
-    the CLI: it is marked failed and shown by `zoo plugins`."""
+    the CLI: it is marked failed and shown by `zoo plugins`. A name the group has (`list`,
+    `sample`...) is a clash: the built-in stays. The catalogue loads first, so a plugin that
+    failed there adds no command either."""
     try:
-        from genzoo.core.plugins import host
-        host().call_each("register_commands", lambda info, fn: fn(cli=group))
+        from genzoo.core.registry import registry
+        registry().host.add_commands(group)
     except Exception as e:
         from genzoo.core.plugins import strict
         if strict():
