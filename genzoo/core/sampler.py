@@ -11,6 +11,8 @@ A sampler declares
   ``draw`` then runs with gradients on but the network's own parameters frozen.
 
 ``draw`` is the one path every caller uses: the CLI, ``LoadedRun.sample``, the trainer's grids.
+It calls ``sample`` on batches of at most ``batch_size`` samples (``draw_chunks``), so the memory
+a sampler takes does not grow with `n`: ``zoo sample --n 200000`` draws 782 batches of 256.
 """
 from __future__ import annotations
 
@@ -23,6 +25,13 @@ import torch
 
 from genzoo.core import config as configlib
 from genzoo.errors import ConfigError
+
+DEFAULT_BATCH = 256  # samples per ``sample`` call unless the caller or the sampler says less
+MODALITY_BATCH = {"points": 16_384}  # a 2-D point is a few bytes: larger batches, same memory
+MAX_BATCH = 16_384  # the largest --batch-size taken
+MAX_SAMPLES = 10_000_000  # the most samples one call draws (--n)
+TOKEN_BUDGET = 4_000_000  # tokens a token sampler holds at once: rows x max_new_tokens
+MAX_NEW_TOKENS = 100_000  # a token loop's longest run (the row buffers are sized by it)
 
 
 @dataclass
@@ -49,6 +58,15 @@ class Sampler:
     def check(self, model: Any, inputs: dict[str, Any]) -> None:
         """Validate options and inputs against this model (e.g. top_k <= vocabulary); raise
         ConfigError with one line. Called by ``draw`` before sampling."""
+
+    def batch_limit(self, model: Any) -> int | None:
+        """The most samples one ``sample`` call may draw with these options, where a sample's
+        size depends on them (None: the default batch). Token samplers hold rows of
+        ``max_new_tokens`` tokens, so their batches shrink as the rows grow."""
+        tokens = getattr(self.options, "max_new_tokens", None)
+        if isinstance(tokens, int) and tokens > 0:
+            return max(1, TOKEN_BUDGET // tokens)
+        return None
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, Any]]:
@@ -111,17 +129,55 @@ def check_inputs(sampler: Sampler, family: str, inputs: dict[str, Any]) -> dict[
     return inputs
 
 
-def draw(model: Any, sampler: Sampler, n: int, generator: torch.Generator,
-         inputs: dict[str, Any] | None = None, family: str = "") -> Any:
-    """The one sampling path: checks inputs, picks the grad mode, returns a typed Sample."""
+def check_batch_size(batch_size: int) -> int:
+    """A sampling batch size the caller chose: an int in [1, MAX_BATCH], or one line."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
+            or not 1 <= batch_size <= MAX_BATCH:
+        raise ConfigError(f"the sampling batch size (--batch-size) must be an integer from 1 to "
+                          f"{MAX_BATCH}, got {batch_size!r}")
+    return batch_size
+
+
+def batch_size_for(model: Any, sampler: Sampler, batch_size: int | None = None) -> int:
+    """How many samples one ``sample`` call draws: the caller's `batch_size` or the modality's
+    default, never more than the sampler's own limit for its options."""
+    size = check_batch_size(batch_size) if batch_size is not None else \
+        MODALITY_BATCH.get(getattr(model, "modality", "image"), DEFAULT_BATCH)
+    limit = sampler.batch_limit(model)
+    return max(1, min(size, limit)) if limit else size
+
+
+def draw_chunks(model: Any, sampler: Sampler, n: int, generator: torch.Generator,
+                inputs: dict[str, Any] | None = None, family: str = "",
+                batch_size: int | None = None) -> Iterator[Any]:
+    """``draw`` batch by batch: typed Samples of at most ``batch_size_for`` samples each, `n`
+    in all, drawn in turn from one generator (so a seed fixes them). Everything is checked
+    before the first batch is drawn; a writer can take each batch as it comes, so memory stays
+    flat however large `n` is. `n` no larger than the batch gives the one batch the sampler
+    draws for `n`: exactly what a single ``sample`` call gives."""
     from genzoo.core.sample import as_sample
-    if n < 1:
-        raise ConfigError(f"the number of samples must be >= 1, got {n}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
+        raise ConfigError(f"the number of samples must be from 1 to {MAX_SAMPLES:_}, got {n!r}")
     inputs = check_inputs(sampler, family or type(model).__name__, dict(inputs or {}))
     sampler.check(model, inputs)
-    with sampling_mode(model, sampler.needs_grad):
-        out = sampler.sample(model, n, generator, **inputs)
-    return as_sample(out, getattr(model, "modality", "image"))
+    size = batch_size_for(model, sampler, batch_size)
+    modality = getattr(model, "modality", "image")
+
+    def batches() -> Iterator[Any]:
+        for start in range(0, n, size):
+            with sampling_mode(model, sampler.needs_grad):
+                out = sampler.sample(model, min(size, n - start), generator, **inputs)
+            yield as_sample(out, modality)
+    return batches()  # checked above, drawn lazily below
+
+
+def draw(model: Any, sampler: Sampler, n: int, generator: torch.Generator,
+         inputs: dict[str, Any] | None = None, family: str = "",
+         batch_size: int | None = None) -> Any:
+    """The one sampling path: checks inputs, picks the grad mode, returns a typed Sample of `n`
+    samples drawn in batches (``draw_chunks``) and joined."""
+    from genzoo.core.sample import concat
+    return concat(list(draw_chunks(model, sampler, n, generator, inputs, family, batch_size)))
 
 
 def apply_temperature_top_k(logits: torch.Tensor, temperature: float = 1.0,
@@ -154,9 +210,12 @@ def categorical_from_uniform(logits: torch.Tensor, u: torch.Tensor) -> torch.Ten
 
 def uniforms(generator: torch.Generator, shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
     """U(0, 1) numbers from `generator` on its own device (the CPU, so a seed draws the same
-    samples on every device), moved to `device` in one copy. Drawing a whole loop's uniforms up
-    front gives the very numbers the loop would draw one step at a time, and spares a GPU loop
-    a blocking host-to-device copy per step."""
+    samples on every device), moved to `device` in one copy. Drawing a loop's uniforms ahead
+    gives the very numbers the loop would draw one step at a time, and spares a GPU loop a
+    blocking host-to-device copy per step; a CPU generator gives the same stream drawn whole or
+    in consecutive pieces (``uniforms(g, (a + b, n))`` equals ``uniforms(g, (a, n))`` followed by
+    ``uniforms(g, (b, n))``), so a long loop draws them a chunk of steps at a time
+    (``genzoo.nn.autoregressive.TokenSteps``), never all up front."""
     return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
 
@@ -177,8 +236,9 @@ class TokenOptions:
     top_k: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise ValueError(f"max_new_tokens must be from 1 to {MAX_NEW_TOKENS:_}, "
+                             f"got {self.max_new_tokens}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:

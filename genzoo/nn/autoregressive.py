@@ -12,8 +12,9 @@ at a time, each from the network's prediction given the ones already drawn (pyto
   bookkeeping of a token step and ``run_token_steps`` its host loop.
 
 Both forms draw the same numbers from the generator in the same order (the fast ones draw them
-all up front, ``genzoo.family.uniforms``), so a family's fast sampler draws the very samples of
-its reference for a seed; the families' tests check it.
+ahead, ``genzoo.family.uniforms``: a token step's a chunk of ``UNIFORM_CHUNK`` steps at a time,
+never all ``max_new_tokens`` up front), so a family's fast sampler draws the very samples of its
+reference for a seed; the families' tests check it.
 """
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ from collections.abc import Callable, Sequence
 import torch
 
 from genzoo.family import (StepGraph, apply_temperature_top_k, categorical,
-                           categorical_from_uniform)
+                           categorical_from_uniform, uniforms)
 
-__all__ = ["raster_sample", "raster_steps", "generate", "window_start", "TokenSteps",
-           "run_token_steps"]
+__all__ = ["raster_sample", "raster_steps", "generate", "window_start", "UNIFORM_CHUNK",
+           "TokenSteps", "run_token_steps"]
+
+UNIFORM_CHUNK = 256  # token steps whose uniforms a static token loop draws at a time
 
 
 # -- pixels ---------------------------------------------------------------------------------------
@@ -115,20 +118,48 @@ def window_start(length: int, start: int, context: int) -> int:
 class TokenSteps:
     """The per-row bookkeeping of a static token step (one a CUDA graph can capture).
 
-    It holds the rows (n, P + T), the prompt followed by room for T new tokens; the T x n
-    uniforms of their draws, drawn up front; which rows have ended; and ``made``, the tokens
-    drawn so far, as a (1,) tensor on the device, so a step never reads anything back to the
-    host. A family's walk subclasses it, keeps its network's state beside it (KV caches, an
-    RNN state) and calls ``draw`` with the next-token logits in its step."""
+    It holds the rows (n, P + T), the prompt followed by room for T new tokens; the uniforms of
+    their draws; which rows have ended; and ``made``, the tokens drawn so far, as a (1,) tensor
+    on the device, so a step never reads anything back to the host. A family's walk subclasses
+    it, keeps its network's state beside it (KV caches, an RNN state) and calls ``draw`` with the
+    next-token logits in its step.
 
-    def __init__(self, prompt: torch.Tensor, u: torch.Tensor, temperature: float = 1.0,
-                 top_k: int | None = None, end: int | None = None):
+    `u` is either all T x n uniforms, or T with a `generator`: then a buffer of `chunk` x n holds
+    the uniforms of `chunk` steps at a time, refilled in place by ``room`` (which
+    ``run_token_steps`` calls between steps) from the generator. A CPU generator gives the same
+    numbers drawn in consecutive pieces as drawn at once, so both give the same tokens; the
+    buffer keeps a long run's memory to its tokens."""
+
+    def __init__(self, prompt: torch.Tensor, u: torch.Tensor | int, temperature: float = 1.0,
+                 top_k: int | None = None, end: int | None = None,
+                 generator: torch.Generator | None = None, chunk: int = UNIFORM_CHUNK):
         n, P = prompt.shape
+        if isinstance(u, torch.Tensor):  # every step's, drawn by the caller
+            self.total, self.generator = int(u.shape[0]), None
+        else:
+            if generator is None:
+                raise ValueError("TokenSteps needs a generator to draw the uniforms of its "
+                                 f"{u} steps")
+            self.total, self.generator = int(u), generator
+            u = torch.zeros(max(1, min(chunk, self.total)), n, device=prompt.device)
         self.u, self.temperature, self.top_k, self.end = u, temperature, top_k, end
+        self.drawn = self.total if self.generator is None else 0  # steps with uniforms, host-side
         self.prompt_len = P
-        self.tokens = torch.cat([prompt, prompt.new_zeros(n, u.shape[0])], 1)
+        self.tokens = torch.cat([prompt, prompt.new_zeros(n, self.total)], 1)
         self.done = torch.zeros(n, dtype=torch.bool, device=prompt.device)
         self.made = torch.zeros(1, dtype=torch.long, device=prompt.device)
+
+    def room(self, made: int) -> int:
+        """How many steps may run from `made` (tokens made so far) before the uniforms run out;
+        at the end of a chunk it first draws the next chunk's into the buffer (in place: a
+        captured step reads them where it read the last)."""
+        if made >= self.drawn and self.drawn < self.total:
+            if made != self.drawn:
+                raise RuntimeError(f"token step {made} ran past its uniforms ({self.drawn})")
+            k = min(self.u.shape[0], self.total - self.drawn)
+            self.u[:k].copy_(uniforms(self.generator, (k, self.u.shape[1]), self.u.device))
+            self.drawn += k
+        return self.drawn - made
 
     def draw(self, logits: torch.Tensor,
              observe: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
@@ -137,7 +168,8 @@ class TokenSteps:
         count it, and return it (n,). ``observe(logits, made)`` sees the tempered logits and the
         index of this token (a --show-probs view)."""
         logits = apply_temperature_top_k(logits.float(), self.temperature, self.top_k)
-        nxt = categorical_from_uniform(logits, self.u.index_select(0, self.made))
+        # the buffer holds `len(u)` steps' uniforms: step `made`'s are at made % len(u)
+        nxt = categorical_from_uniform(logits, self.u.index_select(0, self.made % self.u.shape[0]))
         if observe is not None:
             observe(logits, self.made)
         if self.end is not None:  # after the end token, only end tokens
@@ -153,16 +185,21 @@ class TokenSteps:
 
 
 def run_token_steps(advance: Callable[[int, int], int], total: int, check_every: int,
-                    done: torch.Tensor | None = None) -> int:
+                    done: torch.Tensor | None = None, steps: TokenSteps | None = None) -> int:
     """The host loop of a static token sampler; returns how many tokens it made.
 
     ``advance(made, most)`` makes between 1 and `most` tokens (running the step, refilling a
     cache...) and says how many. The loop ends after `total` tokens, or when every row of
     `done` has ended; it looks at `done` only every `check_every` tokens, because a look reads
-    the device and so waits for all the work queued on it."""
+    the device and so waits for all the work queued on it. With `steps` (a ``TokenSteps`` that
+    draws its uniforms a chunk at a time), `most` never crosses the end of a chunk, and the next
+    chunk is drawn before its first step."""
     made = checked = 0
     while made < total:
-        made += advance(made, min(check_every, total - made))
+        most = min(check_every, total - made)
+        if steps is not None:
+            most = min(most, steps.room(made))
+        made += advance(made, most)
         if done is not None and made - checked >= check_every:
             checked = made
             if bool(done.all()):

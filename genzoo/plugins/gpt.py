@@ -23,7 +23,7 @@ from torch import nn
 
 from genzoo.errors import ConfigError
 from genzoo.family import (Model, Sampler, StepGraph, TextSample, Tokenizer, TokenOptions,
-                           categorical, uniforms)
+                           categorical)
 from genzoo.nn.attention_view import AttentionRow, attention_map, attention_text
 from genzoo.nn.autoregressive import TokenSteps, generate, run_token_steps, window_start
 from genzoo.nn.transformer import Block, KVCache
@@ -309,8 +309,8 @@ class CachedSampler(Sampler):
         the same static step (a CUDA graph on GPUs); the host only counts positions, which it
         knows without reading the device, and looks at ended rows every `check_every` steps."""
         o, c = self.options, model.config
-        walk = DecodeWalk(model, prompt, uniforms(generator, (o.max_new_tokens, prompt.shape[0]),
-                                                  model.device), o, want_attn)
+        # the uniforms of the draws: a chunk of steps at a time, the same numbers as up front
+        walk = DecodeWalk(model, prompt, o.max_new_tokens, o, want_attn, generator)
         runner = StepGraph(walk.step, model.device, o.cuda_graph and not want_attn)
         length, start, attn_rows = prompt.shape[1], 0, []
 
@@ -330,7 +330,7 @@ class CachedSampler(Sampler):
             length += steps
             return steps
         run_token_steps(advance, o.max_new_tokens, self.check_every,
-                        walk.done if c.pad_id is not None else None)
+                        walk.done if c.pad_id is not None else None, walk)
         return walk.trimmed(length), attn_rows
 
 
@@ -339,9 +339,11 @@ class DecodeWalk(TokenSteps):
     caches and the window position ``pos`` on the device. ``step`` feeds the last token and
     draws the next."""
 
-    def __init__(self, model: GPT, prompt: torch.Tensor, u: torch.Tensor,
-                 options: GPTSamplerOptions, want_attn: bool):
-        super().__init__(prompt, u, options.temperature, options.top_k, model.config.pad_id)
+    def __init__(self, model: GPT, prompt: torch.Tensor, u: torch.Tensor | int,
+                 options: GPTSamplerOptions, want_attn: bool,
+                 generator: torch.Generator | None = None):
+        super().__init__(prompt, u, options.temperature, options.top_k, model.config.pad_id,
+                         generator)
         self.model, self.want_attn = model, want_attn
         self.caches = [KVCache(model.config.context) for _ in model.blocks]
         self.logits = torch.zeros(prompt.shape[0], model.config.vocab, device=prompt.device)

@@ -24,7 +24,7 @@ from torch import nn
 
 from genzoo.errors import ConfigError
 from genzoo.family import (Model, Sampler, StepGraph, TextSample, Tokenizer, TokenOptions,
-                           categorical, uniforms)
+                           categorical)
 from genzoo.nn.autoregressive import TokenSteps, generate, run_token_steps
 
 
@@ -250,15 +250,15 @@ class _TokenSampler(Sampler):
         is one CUDA graph replayed per token. Ended rows are checked every `check_every`
         tokens, not every token: a check reads the device and would stall it."""
         o = self.options
-        walk = TokenWalk(model, out, uniforms(generator, (o.max_new_tokens, out.shape[0]),
-                                              model.device), self, probs)
+        # the uniforms of the draws: a chunk of steps at a time, the same numbers as up front
+        walk = TokenWalk(model, out, o.max_new_tokens, self, probs, generator)
         runner = StepGraph(walk.step, model.device, o.cuda_graph)
 
         def advance(made: int, most: int) -> int:
             runner.run(most)
             return most
         made = run_token_steps(advance, o.max_new_tokens, self.check_every,
-                               walk.done if model.config.pad_id is not None else None)
+                               walk.done if model.config.pad_id is not None else None, walk)
         out = walk.tokens[:, :out.shape[1] + made]
         tables = list(zip(walk.top_p[:made].cpu(), walk.top_i[:made].cpu())) if probs else []
         return out, tables
@@ -274,15 +274,15 @@ class TokenWalk(TokenSteps):
     counter ``made``: tokens and ended rows (``TokenSteps``), next-token logits, recurrent
     state, --show-probs."""
 
-    def __init__(self, model: LSTMLanguageModel, prompt: torch.Tensor, u: torch.Tensor,
-                 sampler: _TokenSampler, probs: bool):
+    def __init__(self, model: LSTMLanguageModel, prompt: torch.Tensor, u: torch.Tensor | int,
+                 sampler: _TokenSampler, probs: bool, generator: torch.Generator | None = None):
         o = sampler.options
-        super().__init__(prompt, u, o.temperature, o.top_k, model.config.pad_id)
+        super().__init__(prompt, u, o.temperature, o.top_k, model.config.pad_id, generator)
         self.model, self.sampler, self.probs = model, sampler, probs
         logits, state = model(prompt)
         self.logits = logits[:, -1].contiguous()
         self.state = state if isinstance(state, tuple) else (state,)
-        shape = (u.shape[0], min(o.show_samples, prompt.shape[0]),
+        shape = (self.total, min(o.show_samples, prompt.shape[0]),
                  min(o.show_top, model.config.vocab_size))
         self.top_p = torch.zeros(shape, device=prompt.device) if probs else None
         self.top_i = torch.zeros(shape, dtype=torch.long, device=prompt.device) if probs else None

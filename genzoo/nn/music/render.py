@@ -2,7 +2,9 @@
 
 ``write_music`` is the writer of ``MusicSample`` (the ``music`` kind in registry.yaml's
 ``writers``): per piece a MIDI file, a piano roll PNG (one colour per track) and a WAV rendered
-offline by a small additive synth, plus an overview PNG and the notes as JSON lines.
+offline by a small additive synth, plus an overview PNG and the notes as JSON lines. A WAV
+holds at most ``MAX_SECONDS`` of music and a piano roll at most ``MAX_ROLL_BEATS`` beats, however
+long a piece is (a model asked for 100,000 events writes a piece of hours).
 """
 from __future__ import annotations
 
@@ -15,12 +17,14 @@ import numpy as np
 from genzoo.family import atomic_write, pyplot, save_figure
 from genzoo.nn.music.notation import MusicSample, name_of
 
-__all__ = ["TRACK_COLOURS", "MAX_RENDERED", "SAMPLE_RATE", "write_midi", "synthesize",
-           "write_wav", "draw_roll", "write_music"]
+__all__ = ["TRACK_COLOURS", "MAX_RENDERED", "SAMPLE_RATE", "MAX_SECONDS", "MAX_ROLL_BEATS",
+           "write_midi", "synthesize", "write_wav", "draw_roll", "music_records", "write_music"]
 
 TRACK_COLOURS = ["#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd", "#8c564b"]
 MAX_RENDERED = 8  # pieces that get their own PNG and WAV (MIDI is written for every piece)
 SAMPLE_RATE = 22_050
+MAX_SECONDS = 120.0  # the longest WAV rendered: 10.6 MB at 22,050 Hz, 16 bit
+MAX_ROLL_BEATS = 1024  # the longest piano roll drawn (a line per beat: more would never finish)
 
 
 def write_midi(sample: MusicSample, i: int, path: Path) -> None:
@@ -55,17 +59,27 @@ def write_midi(sample: MusicSample, i: int, path: Path) -> None:
 
 
 def synthesize(notes: list[dict[str, Any]], bpm: float, sample_rate: int = SAMPLE_RATE,
-               tail: float = 0.5) -> np.ndarray:
+               tail: float = 0.5, max_seconds: float = MAX_SECONDS) -> np.ndarray:
     """A small offline additive synth: each note a fundamental and three decaying harmonics under
-    an attack / decay / release envelope, summed and normalised. Returns int16 mono."""
+    an attack / decay / release envelope, summed and normalised. Returns int16 mono of at most
+    `max_seconds` (the rest of a longer piece is cut, so its length never sets the memory)."""
+    if not (bpm > 0 and np.isfinite(bpm)):
+        raise ValueError(f"bpm must be a positive number, got {bpm}")
+    if not (max_seconds > 0 and np.isfinite(max_seconds)):
+        raise ValueError(f"max_seconds must be a positive number, got {max_seconds}")
     spb = 60.0 / bpm
     end = max((n["start"] + n["duration"] for n in notes), default=0.0) * spb + tail
+    end = min(end, max_seconds)
     audio = np.zeros(int(end * sample_rate) + 1, dtype=np.float32)
     harmonics = np.array([1.0, 0.5, 0.25, 0.12], dtype=np.float32)
     for n in notes:
         start, length = n["start"] * spb, n["duration"] * spb
         release = 0.08
-        count = int((length + release) * sample_rate)
+        i0 = int(start * sample_rate)
+        if i0 >= len(audio) or i0 < 0:
+            continue
+        # never more samples than are left in the audio: a note of a million beats is cut too
+        count = min(int((length + release) * sample_rate), len(audio) - i0)
         if count <= 0:
             continue
         t = np.arange(count, dtype=np.float32) / sample_rate
@@ -75,7 +89,6 @@ def synthesize(notes: list[dict[str, Any]], bpm: float, sample_rate: int = SAMPL
         tone = (harmonics[keep, None] * np.sin(2 * np.pi * f0 * k[keep] * t)).sum(0)
         env = np.minimum(1.0, t / 0.01) * (0.6 + 0.4 * np.exp(-3.0 * t))
         env *= np.clip((length + release - t) / release, 0.0, 1.0)  # release after the note
-        i0 = int(start * sample_rate)
         seg = audio[i0:i0 + count]
         seg += (tone * env)[: len(seg)]
     peak = float(np.abs(audio).max()) if len(audio) else 0.0
@@ -98,8 +111,8 @@ def draw_roll(ax: Any, sample: MusicSample, i: int, title: str | None = None) ->
     """Piece i as a piano roll on a matplotlib axis: one colour per track, bar lines, black
     keys shaded."""
     from matplotlib.patches import Patch, Rectangle
-    notes = sample.sequences[i]
-    beats = max(sample.length_beats(i), sample.beats_per_bar)
+    beats = min(max(sample.length_beats(i), sample.beats_per_bar), MAX_ROLL_BEATS)
+    notes = [n for n in sample.sequences[i] if n["start"] <= beats]
     pitches = [n["pitch"] for n in notes] or [60]
     lo, hi = min(pitches) - 2, max(pitches) + 2
     for n in notes:
@@ -133,21 +146,29 @@ def _roll_title(sample: MusicSample, i: int) -> str:
             f"({60 * beats / sample.bpm:.1f} s at {sample.bpm:g} bpm)")
 
 
+def music_records(sample: MusicSample, offset: int = 0) -> list[dict[str, Any]]:
+    """The rows of STEM.jsonl, one per piece numbered from `offset`: its tracks, bpm, notes and
+    (for a token model) tokens. ``write_music.records``: the archive of a long ``zoo sample``
+    writes the same rows batch by batch."""
+    return [{"i": offset + i, "tracks": sample.tracks, "bpm": sample.bpm, "notes": s,
+             **({"tokens": sample.tokens[i]} if sample.tokens else {})}
+            for i, s in enumerate(sample.sequences)]
+
+
 def write_music(sample: MusicSample, stem: Path, reference: Any = None) -> list[Path]:
     """STEM.jsonl (notes and tokens of every piece), STEM.png (piano rolls of the first pieces,
     stacked), and per piece STEM-i.mid (every piece) plus STEM-i.png and STEM-i.wav (the first
-    ``MAX_RENDERED``)."""
+    ``MAX_RENDERED``; a WAV holds at most ``MAX_SECONDS``)."""
     plt = pyplot()
     stem = Path(stem)
     paths = []
     jsonl = Path(f"{stem}.jsonl")
-    rows = [{"i": i, "tracks": sample.tracks, "bpm": sample.bpm, "notes": s,
-             **({"tokens": sample.tokens[i]} if sample.tokens else {})}
-            for i, s in enumerate(sample.sequences)]
+    rows = music_records(sample)
     atomic_write(jsonl, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in rows)))
     paths.append(jsonl)
     shown = min(len(sample), MAX_RENDERED)
-    longest = max((sample.length_beats(i) for i in range(shown)), default=4.0)
+    longest = min(max((sample.length_beats(i) for i in range(shown)), default=4.0),
+                  MAX_ROLL_BEATS)
     width = min(40.0, max(8.0, 0.12 * longest))  # >= 800 px at 100 dpi
     fig, axes = plt.subplots(shown, 1, figsize=(width, 2.6 * shown + 0.4), squeeze=False)
     for i in range(shown):
@@ -162,7 +183,7 @@ def write_music(sample: MusicSample, stem: Path, reference: Any = None) -> list[
         paths.append(mid)
         if i >= MAX_RENDERED:
             continue
-        beats = sample.length_beats(i)
+        beats = min(sample.length_beats(i), MAX_ROLL_BEATS)
         fig, ax = plt.subplots(figsize=(min(40.0, max(8.0, 0.12 * beats)), 4))
         draw_roll(ax, sample, i, _roll_title(sample, i))
         fig.tight_layout()
@@ -173,3 +194,6 @@ def write_music(sample: MusicSample, stem: Path, reference: Any = None) -> list[
         atomic_write(wav, lambda p, a=audio: write_wav(a, p))
         paths += [png, wav]
     return paths
+
+
+write_music.records = music_records  # type: ignore[attr-defined]  # read by the archive writer
