@@ -108,7 +108,7 @@ class Tokenizer:
         if unknown:
             import difflib
             words = [w for w in self.vocab[2:] if w]
-            close = {u: difflib.get_close_matches(u, words, n=1, cutoff=0.75) for u in unknown[:8]}
+            close = {u: difflib.get_close_matches(u, words, n=1, cutoff=0.6) for u in unknown[:8]}
             hints = [f"{u!r} -> {c[0]!r}" for u, c in close.items() if c]
             shown = ", ".join(repr(u) for u in unknown[:8]) + (
                 f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else "")
