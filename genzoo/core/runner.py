@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from genzoo.core.factory import (Plan, build_from_config, build_model, family_of
                                  versions)
 from genzoo.core.registry import FamilyEntry
 from genzoo.core.run_folder import TRAINER_JSON, WEIGHTS, Run, RunLock
-from genzoo.core.sampler import draw
+from genzoo.core.sampler import draw, draw_chunks
 from genzoo.core.sources import load as load_data
 from genzoo.core.train_config import TrainConfig, pick_device, validate_train
 from genzoo.core.trainer import Trainer
@@ -239,13 +239,32 @@ class LoadedRun:
         return self.family.sampler_class(name)(**{**self.config.get("sampler_options", {}), **options})
 
     def sample(self, n: int = 16, seed: int = 0, sampler: str | None = None,
-               inputs: dict[str, Any] | None = None, **options: Any) -> samplelib.Sample:
+               inputs: dict[str, Any] | None = None, batch_size: int | None = None,
+               **options: Any) -> samplelib.Sample:
         """A typed Sample (``ImageSample.images``, ``TextSample.texts``...). `inputs` are the
         sampler's declared inputs (``prompt``, ``label``, ``show``...); `options` its settings
-        (``temperature``...). The same seed gives the same samples."""
+        (``temperature``...); `batch_size` the most samples drawn at once (default: by
+        modality and sampler, ``genzoo.core.sampler.batch_size_for``). The same seed gives the
+        same samples."""
         g = torch.Generator().manual_seed(seed)
         return draw(self.model, self.sampler(sampler, **options), n, g, inputs,
-                    family=self.family.name)
+                    family=self.family.name, batch_size=batch_size)
+
+    def sample_chunks(self, n: int = 16, seed: int = 0, sampler: str | None = None,
+                      inputs: dict[str, Any] | None = None, batch_size: int | None = None,
+                      **options: Any) -> Iterator[samplelib.Sample]:
+        """``sample`` batch by batch (checked before the first is drawn): the same samples for
+        a seed, without ever holding more than a batch; ``write_chunks`` writes them."""
+        g = torch.Generator().manual_seed(seed)
+        return draw_chunks(self.model, self.sampler(sampler, **options), n, g, inputs,
+                           family=self.family.name, batch_size=batch_size)
+
+    def write_chunks(self, chunks: Iterable[samplelib.Sample], stem: str | os.PathLike,
+                     n: int) -> tuple[list[Path], samplelib.Sample]:
+        """Write `n` samples arriving in batches: the view of the first (a grid of at most 64
+        images...) and, past that, an archive of all (STEM.npy / STEM.jsonl) filled batch by
+        batch. Returns the paths and the samples in the view."""
+        return samplelib.write_stream(chunks, Path(stem), n, reference=self.reference())
 
     def data(self, split: str = "train") -> Any:
         if split not in self._data:
