@@ -2,8 +2,10 @@
 renamed over the old one, so a kill never leaves half a file. JSON goes through here too."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,65 @@ def _umask() -> int:
     return mask
 
 
+FULL = {getattr(errno, n) for n in ("ENOSPC", "EDQUOT") if hasattr(errno, n)}
+
+
+class DiskFull(CheckpointError):
+    """No space left (ENOSPC, or EDQUOT: a quota) while writing `path`; nothing half-written
+    was left behind. One line: what ran out, how much is free, what to free."""
+
+    def __init__(self, path: Path, what: str | None = None, after: str = ""):
+        self.path = Path(path)
+        free = free_space(self.path)
+        shown = f", {_size(free)} free" if free is not None else ""
+        super().__init__(f"no space left on the device of {self.path} (ENOSPC{shown}) while "
+                         f"writing {what or self.path.name}; nothing was left half-written. Free "
+                         f"space there (old runs, samples, caches){after}")
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether `e` says the disk (or a quota) is full: an OSError, or a library's error that
+    carries the OS's text (safetensors: "No space left on device (os error 28)")."""
+    if isinstance(e, DiskFull):
+        return True
+    if isinstance(e, OSError) and e.errno in FULL:
+        return True
+    text = str(e)
+    return any(f"(os error {n})" in text for n in FULL) or "No space left on device" in text
+
+
+def free_space(path: Path) -> int | None:
+    """Free bytes on the file system holding `path` (its nearest existing folder)."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            try:
+                return shutil.disk_usage(q).free
+            except OSError:
+                return None
+    return None
+
+
 def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)`` then rename the temporary file over `path`. The file gets the
-    permissions ``open()`` would give it (mkstemp's are 0600), i.e. it follows the umask."""
+    permissions ``open()`` would give it (mkstemp's are 0600), i.e. it follows the umask. A full
+    disk is ``DiskFull`` (one line), with the temporary file removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFull(path) from None
+        raise
     os.close(fd)
     try:
         write(Path(tmp))
@@ -40,8 +95,10 @@ def atomic_write(path: Path, write: Any) -> None:
         except OSError:
             pass
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, Exception) and not isinstance(e, DiskFull) and is_disk_full(e):
+            raise DiskFull(path) from None
         raise
 
 
@@ -60,14 +117,17 @@ def read_json(path: Path) -> Any:
 
 def fsync(path: Path) -> None:
     """Flush a file or folder to disk where the OS allows it (a rename is durable after its
-    folder's fsync)."""
+    folder's fsync). A full disk found only now (delayed allocation, network file systems)
+    is raised: the data is not on disk."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass  # directories cannot be fsynced everywhere (Windows)
+    except OSError as e:
+        if e.errno in FULL or e.errno == errno.EIO:
+            raise
+        # directories cannot be fsynced everywhere (Windows)
     finally:
         os.close(fd)

@@ -16,9 +16,9 @@ from typing import Any
 from safetensors import SafetensorError
 
 from genzoo.core import faults
-from genzoo.core.atomic import fsync, read_json
-from genzoo.core.run_folder import (ARTIFACT_JSON, ARTIFACT_TENSORS, EMA_WEIGHTS, TRAINER_JSON,
-                                    TRAINER_TENSORS, WEIGHTS)
+from genzoo.core.atomic import DiskFull, fsync, is_disk_full, read_json
+from genzoo.core.run_folder import (ARTIFACT_JSON, ARTIFACT_TENSORS, CONFIG, EMA_WEIGHTS, METRICS,
+                                    TRAINER_JSON, TRAINER_TENSORS, WEIGHTS)
 from genzoo.errors import CheckpointError
 
 STAGING = ".checkpoint.tmp"  # a checkpoint being written (deleted by recover: never committed)
@@ -59,21 +59,69 @@ def file_step(path: Path) -> int | None:
 
 def commit(folder: Path, step: int, write: Any) -> None:
     """Write a checkpoint as a whole: ``write(staging_folder)`` puts every file there, one rename
-    commits the set, then the files move into `folder` (trainer.json last)."""
+    commits the set, then the files move into `folder` (trainer.json last). A failure before
+    the commit (a full disk...) removes the staged files, so they hold no space, and leaves the
+    previous checkpoint the run's; a full disk is one line (``DiskFull``)."""
     folder = Path(folder)
     staging, done = folder / STAGING, folder / COMMITTED
     shutil.rmtree(staging, ignore_errors=True)
     if done.exists():  # a committed set not yet moved in: finish it first
         _roll_forward(folder)
-    staging.mkdir()
-    write(staging)
-    faults.fault("save:staged", step)
-    for f in staging.iterdir():  # on disk before the commit: a power cut keeps a whole set too
-        fsync(f)
-    os.replace(staging, done)  # the commit point
+    try:
+        staging.mkdir()
+        write(staging)
+        faults.fault("save:staged", step)
+        for f in staging.iterdir():  # on disk before the commit: a power cut keeps a whole set too
+            fsync(f)
+        os.replace(staging, done)  # the commit point
+    except (Exception, KeyboardInterrupt) as e:  # not the crash tests' simulated kill
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(e, Exception) and is_disk_full(e):
+            raise DiskFull(folder, f"the checkpoint of step {step}", _kept(folder)) from None
+        raise
     fsync(folder)
     faults.fault("save:committed", step)
     _roll_forward(folder, step)
+
+
+def _kept(folder: Path) -> str:
+    """What a failed save leaves: the previous checkpoint, and how to go on."""
+    try:
+        previous = file_step(folder / TRAINER_JSON) if (folder / TRAINER_JSON).exists() else None
+    except CheckpointError:
+        previous = None
+    if previous is None:
+        return "; the run has no checkpoint yet: then run the same command again"
+    return (f"; the checkpoint of step {previous} is intact: then continue with: zoo train "
+            f"--resume {folder}")
+
+
+def has_checkpoint(folder: Path) -> bool:
+    """Whether a run folder holds a checkpoint (moved in, or committed and to be rolled
+    forward by ``recover``) or weights (a run from a genzoo that wrote no trainer state)."""
+    folder = Path(folder)
+    return ((folder / COMMITTED).is_dir()
+            or any((folder / n).exists() for n in (TRAINER_JSON, WEIGHTS, EMA_WEIGHTS)))
+
+
+def start_over(folder: Path) -> None:
+    """Empty a run folder that never reached a checkpoint of what its run wrote (config,
+    metrics, sample grids, a partial checkpoint), so the run can start again in it; anything
+    else there is the user's and stays. Call with the run's lock held."""
+    folder = Path(folder)
+    shutil.rmtree(folder / STAGING, ignore_errors=True)
+    for name in (*CHECKPOINT_FILES, CONFIG, METRICS, "loss.png"):
+        (folder / name).unlink(missing_ok=True)
+    for tmp in folder.glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+    samples = folder / "samples"
+    if samples.is_dir():
+        for p in samples.glob("step_*"):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 def _roll_forward(folder: Path, step: int | None = None) -> None:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from genzoo.core.atomic import atomic_write, read_json, write_json
+from genzoo.core.atomic import DiskFull, atomic_write, is_disk_full, read_json, write_json
 from genzoo.errors import CheckpointError
 
 WEIGHTS = "model.safetensors"
@@ -113,8 +113,14 @@ class Run:
         write_json(self.config_path, cfg)
 
     def log(self, record: dict[str, Any]) -> None:
-        with open(self.path / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a line cut short by a full disk is skipped when read back
+            if is_disk_full(e):
+                raise DiskFull(self.path / METRICS, "the metrics log",
+                               "; the last checkpoint is intact") from None
+            raise
 
     def metrics(self) -> list[dict[str, Any]]:
         path = self.path / METRICS

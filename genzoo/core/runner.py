@@ -5,7 +5,9 @@ One sampling path: ``LoadedRun.sample`` and the trainer's periodic samples both 
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -17,13 +19,14 @@ import torch
 from genzoo.core import config as configlib
 from genzoo.core import distributed as dist
 from genzoo.core import sample as samplelib
+from genzoo.core import signals
 from genzoo.core.batching import batches
-from genzoo.core.commit import recover, verify
+from genzoo.core.commit import has_checkpoint, recover, start_over, verify
 from genzoo.core.data_config import DataConfig
 from genzoo.core.factory import (Plan, build_from_config, build_model, family_of, plan, run_field,
                                  versions)
 from genzoo.core.registry import FamilyEntry
-from genzoo.core.run_folder import TRAINER_JSON, WEIGHTS, Run, RunLock
+from genzoo.core.run_folder import CONFIG, TRAINER_JSON, WEIGHTS, Run, RunLock
 from genzoo.core.sampler import draw, draw_chunks
 from genzoo.core.sources import load as load_data
 from genzoo.core.train_config import TrainConfig, pick_device, validate_train
@@ -64,8 +67,7 @@ def train(name: str, preset: str = "quick", overrides: dict[str, Any] | None = N
     the user's input (config, data, model build) happens before the run folder exists. Under
     torchrun every rank trains its share and rank 0 alone writes the run."""
     p = plan(name, preset, overrides)
-    owned = not dist.active() and dist.init(p.train.device)
-    try:
+    with _session(p.train.device):
         data = load_data(p.data, "train")
         torch.manual_seed(p.train.seed)
         try:
@@ -75,7 +77,7 @@ def train(name: str, preset: str = "quick", overrides: dict[str, Any] | None = N
             raise ConfigError(f"cannot build {p.entry.name} with this config ({first[:200]}); "
                               "use smaller sizes") from None
         model.setup(data)
-        run, lock = _on_main(lambda: Run.create(p.entry.name, out), fresh=True)
+        run, lock = _on_main(lambda: _create(p.entry.name, out), fresh=True)
         try:
             if dist.is_main():
                 run.write_config(_config_record(p, model, overrides))
@@ -87,17 +89,7 @@ def train(name: str, preset: str = "quick", overrides: dict[str, Any] | None = N
                 lock.release()
                 run.discard()
             raise
-        try:
-            trainer.fit(stop_after=stop_after)
-            if dist.is_main():
-                _finish(run, trainer, p.data)
-        finally:
-            if lock is not None:
-                lock.release()
-        return run
-    finally:
-        if owned:
-            dist.shutdown()
+        return _fit(run, trainer, p.data, lock, stop_after)
 
 
 def resume(path: str | os.PathLike, steps: int | None = None, progress: bool = True,
@@ -114,8 +106,7 @@ def resume(path: str | os.PathLike, steps: int | None = None, progress: bool = T
     if device is not None:
         train_cfg.device = device
     validate_train(train_cfg)
-    owned = not dist.active() and dist.init(train_cfg.device)
-    try:
+    with _session(train_cfg.device):
         def take() -> Run:
             lock = RunLock(run.path).acquire()
             try:
@@ -142,16 +133,62 @@ def resume(path: str | os.PathLike, steps: int | None = None, progress: bool = T
             if steps is not None and dist.is_main():
                 cfg["train"]["steps"], cfg["train"]["epochs"] = steps, None
                 run.write_config(cfg)
-            trainer.fit(stop_after=stop_after)
-            if dist.is_main():
-                _finish(run, trainer, data_cfg)
-        finally:
+        except BaseException:
             if lock is not None:
                 lock.release()
-        return run
+            raise
+        return _fit(run, trainer, data_cfg, lock, stop_after)
+
+
+@contextlib.contextmanager
+def _session(device: str) -> Iterator[None]:
+    """What frames a training run: torch.distributed joined and left (when torchrun started
+    this process), and SIGTERM raising like Ctrl-C until the training loop takes both signals
+    over, so cleanup runs instead of the process vanishing."""
+    with signals.terminate_interrupts():
+        owned = not dist.active() and dist.init(device)
+        try:
+            yield
+        finally:
+            if owned:
+                dist.shutdown()
+
+
+def _fit(run: Run, trainer: Trainer, data_cfg: DataConfig, lock: Any,
+         stop_after: int | None) -> Run:
+    """Train, evaluate a finished run, and let the run go (its lock) whatever happens."""
+    try:
+        trainer.fit(stop_after=stop_after)
+        if dist.is_main():
+            _finish(run, trainer, data_cfg)
     finally:
-        if owned:
-            dist.shutdown()
+        if lock is not None:
+            lock.release()
+    return run
+
+
+def _create(name: str, out: str | os.PathLike | None) -> Run:
+    """A new run folder. An --out whose run stopped before its first checkpoint (killed early:
+    a config but no checkpoint, and no live process holding it) is emptied of that run and
+    used again, said in one line; a run with a checkpoint is refused (resume it)."""
+    path = Path(out) if out is not None else None
+    if path is None or not (path / CONFIG).is_file():
+        return Run.create(name, out)
+    lock = RunLock(path).acquire()  # a live run: "in use by another zoo process", one line
+    try:
+        recover(path)  # a committed checkpoint rolled forward is a checkpoint
+        if has_checkpoint(path):
+            lock.release()
+            return Run.create(name, out)  # "already holds a run; resume it with --resume"
+        start_over(path)
+        run = Run.create(name, out)
+    except BaseException:
+        lock.release()
+        raise
+    print(f"{path} held a run stopped before its first checkpoint; starting it over there",
+          file=sys.stderr)
+    run.lock = lock
+    return run
 
 
 def _on_main(make: Callable[[], Run], fresh: bool = False) -> tuple[Run, Any]:
@@ -162,7 +199,7 @@ def _on_main(make: Callable[[], Run], fresh: bool = False) -> tuple[Run, Any]:
         try:
             run = make()
             lock = getattr(run, "lock", None)
-            if fresh:
+            if fresh and lock is None:
                 try:
                     lock = RunLock(run.path).acquire()
                 except BaseException:

@@ -6,8 +6,8 @@ step does by overriding ``Model.training_step``; they never get a loop of their 
 """
 from __future__ import annotations
 
-import contextlib
 import math
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from genzoo.core import distributed as dist
-from genzoo.core import faults
+from genzoo.core import faults, signals
 from genzoo.core.artifacts import load_artifacts, save_artifacts
 from genzoo.core.atomic import read_json, write_json
 from genzoo.core.batching import StepBatches, batch_to_device
@@ -81,6 +81,7 @@ class Trainer:
             model.loss = torch.compile(model.loss)  # keeps state_dict keys free of _orig_mod.
         self.step = 0
         self.last_good = 0
+        self.saved: int | None = None  # the step of the checkpoint in the run folder, if any
         if dist.rank() > 0:  # its own noise (z, dropout...) per rank, as separate processes get
             torch.manual_seed(cfg.seed * 1_000_003 + dist.rank())
 
@@ -103,7 +104,7 @@ class Trainer:
         rng_cuda = (dist.gather_tensor(torch.cuda.get_rng_state(self.device))
                     if self.device.type == "cuda" else [])
         if not self.main:
-            self.last_good = self.step
+            self.last_good = self.saved = self.step
             return
         tensors: dict[str, torch.Tensor] = {"rng.cpu": rng[0]}
         if rng_cuda:
@@ -132,7 +133,7 @@ class Trainer:
 
         faults.fault("save:begin", self.step)
         commit(self.run.path, self.step, write)
-        self.last_good = self.step
+        self.last_good = self.saved = self.step
 
     def restore(self) -> None:
         """Load the run's checkpoint after checking that all its files hold one step."""
@@ -173,7 +174,7 @@ class Trainer:
         if step > self.total:
             raise CheckpointError(f"{where} is at step {step}, past its total of "
                                        f"{self.total}; resume with --steps {step} or more")
-        self.step = self.last_good = step
+        self.step = self.last_good = self.saved = step
         if self.main:
             self.run.truncate_metrics(self.step)
 
@@ -184,7 +185,30 @@ class Trainer:
         return value
 
     def fit(self, stop_after: int | None = None) -> Run:
-        """Train to ``total`` steps; `stop_after` ends early (as a kill would) for tests."""
+        """Train to ``total`` steps; `stop_after` ends early (as a kill would) for tests.
+
+        SIGINT and SIGTERM stop the loop at the next step boundary: the completed steps are
+        saved and ``signals.Interrupted`` is raised (under torchrun every rank stops at the
+        same boundary and rank 0 saves). A second signal stops at once, keeping the last
+        checkpoint. A half-done step is never saved: it would be run again on resume."""
+        request = signals.StopRequest()
+        vote = dist.StopVote()
+        with request:
+            try:
+                stopped = self._loop(stop_after, request, vote)
+                self.save()
+            except KeyboardInterrupt as e:  # a second signal, mid-step or mid-save
+                raise signals.Interrupted(self.run.path, getattr(e, "signum", signal.SIGINT),
+                                          self.saved, _abort_message(e, self)) from None
+        if stopped:
+            raise signals.Interrupted(self.run.path, request.signum or signal.SIGTERM, self.step)
+        if self.step >= self.total and self.sample_fn is not None and self.main:
+            self._sample()
+        return self.run
+
+    def _loop(self, stop_after: int | None, request: signals.StopRequest,
+              vote: dist.StopVote) -> bool:
+        """The steps; returns whether a signal stopped them (before ``total``)."""
         cfg = self.cfg
         sample_every = self._every(cfg.sample_every, 4)
         ckpt_every = self._every(cfg.checkpoint_every, 4)
@@ -194,76 +218,75 @@ class Trainer:
         window_t, window_n = time.perf_counter(), 0
         sums: dict[str, Any] = {}
         count, bad, checked = 0, None, self.step
-        try:
-            with progress:
-                while self.step < self.total:
-                    if stop_after is not None and self.step >= stop_after:
-                        break
-                    batch = batch_to_device(self.data, self.batches(self.step), self.device)
-                    for name, opt in self.optimizers.items():
-                        f = lr_factor(cfg, self.step, self.total)
-                        for g, base in zip(opt.param_groups, self.base_lrs[name]):
-                            g["lr"] = base * f
-                    self.ctx.step = self.step
-                    out = self.model.training_step(batch, self.optimizers, self.ctx)
-                    loss = out["loss"].detach()
-                    # Reading a GPU value forces a sync; gather on device and look only when logging
-                    # or checkpointing, so a NaN can never reach a saved checkpoint.
-                    bad = ~torch.isfinite(loss) if bad is None else bad | ~torch.isfinite(loss)
-                    self.step += 1
-                    faults.fault("step", self.step)  # tests: a kill between checkpoints
-                    if self.ema is not None:
-                        self.ema.update(self.model, step=self.step)
-                    window_n += int(next(iter(batch.values())).shape[0])
-                    for k, v in out.items():
-                        if isinstance(v, torch.Tensor) and v.numel() == 1:
-                            sums[k] = sums.get(k, 0.0) + v.detach().float()
-                        elif isinstance(v, (int, float)):
-                            sums[k] = sums.get(k, 0.0) + float(v)
-                    count += 1
-                    log_now = self.step % cfg.log_every == 0 or self.step == self.total
-                    save_now = self.step % ckpt_every == 0 and self.step < self.total
-                    if log_now or save_now or self.step == self.total:
-                        if dist.any_true(bad):
-                            raise TrainingDiverged(
-                                f"loss became nan or inf between steps {checked} and {self.step}; "
-                                f"stopped. The last good checkpoint (step {self.last_good}) is in "
-                                f"{self.run.path}; lower the learning rate (--set lr=...) or set "
-                                "grad_clip")
-                        checked = self.step
-                    if log_now:
-                        dt = time.perf_counter() - window_t
-                        if dist.active():  # the global batch's figures, as one process logs them
-                            keys = sorted(sums)
-                            means = dist.mean(torch.stack([torch.as_tensor(sums[k], dtype=torch.float32,
-                                                                           device=self.device)
-                                                           for k in keys]))
-                            sums = dict(zip(keys, means.tolist()))
-                            window_n *= dist.size()
-                        record = {"step": self.step, "epoch": round(self.step / self.batches.per_epoch, 3),
-                                  **{k: float(v) / count for k, v in sums.items()},
-                                  "lr": self.optimizers[next(iter(self.optimizers))].param_groups[0]["lr"],
-                                  "samples_per_s": window_n / max(dt, 1e-9), "time": time.time()}
-                        if self.main:
-                            self.run.log(record)
-                        progress.update(task, info=f"loss {record['loss']:.4f} · "
-                                                   f"{record['samples_per_s']:.0f} samples/s")
-                        window_t, window_n, sums, count = time.perf_counter(), 0, {}, 0
-                    progress.update(task, completed=self.step)
-                    if save_now:
-                        self.save()
-                    if (self.sample_fn is not None and self.main and sample_every
-                            and self.step % sample_every == 0 and self.step < self.total):
-                        self._sample()
-        except KeyboardInterrupt:
-            if not dist.active():  # the other ranks may be gone: no collective save then
-                with contextlib.suppress(TrainingDiverged):
+        with progress:
+            while self.step < self.total:
+                if vote(request.signum is not None):
+                    if bad is not None and checked < self.step and dist.any_true(bad):
+                        raise TrainingDiverged(
+                            f"loss became nan or inf between steps {checked} and {self.step}; "
+                            f"not saved. The last good checkpoint (step {self.last_good}) is in "
+                            f"{self.run.path}")
+                    return True
+                if stop_after is not None and self.step >= stop_after:
+                    break
+                batch = batch_to_device(self.data, self.batches(self.step), self.device)
+                for name, opt in self.optimizers.items():
+                    f = lr_factor(cfg, self.step, self.total)
+                    for g, base in zip(opt.param_groups, self.base_lrs[name]):
+                        g["lr"] = base * f
+                self.ctx.step = self.step
+                out = self.model.training_step(batch, self.optimizers, self.ctx)
+                loss = out["loss"].detach()
+                # Reading a GPU value forces a sync; gather on device and look only when logging
+                # or checkpointing, so a NaN can never reach a saved checkpoint.
+                bad = ~torch.isfinite(loss) if bad is None else bad | ~torch.isfinite(loss)
+                self.step += 1
+                faults.fault("step", self.step)  # tests: a kill between checkpoints
+                if self.ema is not None:
+                    self.ema.update(self.model, step=self.step)
+                window_n += int(next(iter(batch.values())).shape[0])
+                for k, v in out.items():
+                    if isinstance(v, torch.Tensor) and v.numel() == 1:
+                        sums[k] = sums.get(k, 0.0) + v.detach().float()
+                    elif isinstance(v, (int, float)):
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                count += 1
+                log_now = self.step % cfg.log_every == 0 or self.step == self.total
+                save_now = self.step % ckpt_every == 0 and self.step < self.total
+                if log_now or save_now or self.step == self.total:
+                    if dist.any_true(bad):
+                        raise TrainingDiverged(
+                            f"loss became nan or inf between steps {checked} and {self.step}; "
+                            f"stopped. The last good checkpoint (step {self.last_good}) is in "
+                            f"{self.run.path}; lower the learning rate (--set lr=...) or set "
+                            "grad_clip")
+                    checked = self.step
+                if log_now:
+                    dt = time.perf_counter() - window_t
+                    if dist.active():  # the global batch's figures, as one process logs them
+                        keys = sorted(sums)
+                        means = dist.mean(torch.stack([torch.as_tensor(sums[k], dtype=torch.float32,
+                                                                       device=self.device)
+                                                       for k in keys]))
+                        sums = dict(zip(keys, means.tolist()))
+                        window_n *= dist.size()
+                    record = {"step": self.step, "epoch": round(self.step / self.batches.per_epoch, 3),
+                              **{k: float(v) / count for k, v in sums.items()},
+                              "lr": self.optimizers[next(iter(self.optimizers))].param_groups[0]["lr"],
+                              "samples_per_s": window_n / max(dt, 1e-9), "time": time.time()}
+                    if self.main:
+                        self.run.log(record)
+                    progress.update(task, info=f"loss {record['loss']:.4f} · "
+                                               f"{record['samples_per_s']:.0f} samples/s")
+                    window_t, window_n, sums, count = time.perf_counter(), 0, {}, 0
+                progress.update(task, completed=self.step)
+                if save_now:
                     self.save()
-            raise Interrupted(self.run.path) from None
-        self.save()
-        if self.step >= self.total and self.sample_fn is not None and self.main:
-            self._sample()
-        return self.run
+                if (self.sample_fn is not None and self.main and sample_every
+                        and self.step % sample_every == 0 and self.step < self.total):
+                    self._sample()
+        # a signal during the last step: the run is complete, but stop before its final grid
+        return vote.close(request.signum is not None)
 
     def sampling_model(self) -> Any:
         return self.ema.module if self.ema is not None else self.model
@@ -273,9 +296,13 @@ class Trainer:
         self.sample_fn(self.sampling_model(), self.step, self.cfg.sample_n)
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during training, after the checkpoint was saved; knows the run to resume."""
+def _abort_message(e: BaseException, trainer: Trainer) -> str:
+    what = str(e) or "stopped at once"
+    if trainer.saved is None:
+        return (f"{what}, before the first checkpoint; run the same command again to start "
+                f"{trainer.run.path} over")
+    return (f"{what}; the checkpoint of step {trainer.saved} is kept (continue with: zoo train "
+            f"--resume {trainer.run.path})")
 
-    def __init__(self, run: Any):
-        super().__init__(str(run))
-        self.run = run
+
+Interrupted = signals.Interrupted  # where code written against core v3 found it
