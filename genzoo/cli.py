@@ -54,11 +54,17 @@ class ZooGroup(click.Group):
             name = str(e.filename)
             name = name if len(name) <= 120 else name[:117] + "..."
             raise click.ClickException(f"{e.strerror or type(e).__name__}: {name}") from None
-        except KeyboardInterrupt:
-            run = getattr(sys.exc_info()[1], "run", None)
-            where = f"zoo train --resume {run}" if run else "zoo train --resume RUN"
-            click.echo(f"interrupted; the last checkpoint is kept (continue with: {where})", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            # genzoo's Interrupted (core/signals.py) says which signal and what was saved; exit
+            # 128 + signal (130 SIGINT, 143 SIGTERM); the ranks > 0 of a distributed run are quiet
+            message = getattr(e, "message", None)
+            if message is None:
+                run = getattr(e, "run", None)
+                message = (f"interrupted; the last checkpoint is kept (continue with: zoo train "
+                           f"--resume {run})" if run else "interrupted")
+            if message and os.environ.get("RANK", "0").strip() in ("", "0"):
+                click.echo(message, err=True)
+            sys.exit(128 + int(getattr(e, "signum", 2)))
 
 
 def _console() -> Any:
