@@ -511,10 +511,13 @@ def _sampler_inputs(sampler: type, family: str, pairs: tuple[str, ...]) -> dict[
               "(default RUN/samples/sample-SAMPLER-SEED).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--no-ema", is_flag=True, help="Use raw weights even when EMA weights exist.")
+@click.option("--batch-size", type=int, help="Samples drawn at once, 1 to 16384 (default: 256 "
+              "for images and text, fewer for long token rows): memory does not grow with --n.")
 @click.pass_context
 def sample(ctx: click.Context, run: str, n: int, sampler_name: str | None, sets: tuple[str, ...],
            input_items: tuple[str, ...], prompt: str | None, label: int | None,
-           shows: tuple[str, ...], seed: int, out: str | None, device: str, no_ema: bool) -> None:
+           shows: tuple[str, ...], seed: int, out: str | None, device: str, no_ema: bool,
+           batch_size: int | None) -> None:
     """Draw N samples from a trained RUN and write them the way their modality is looked at:
     image grids, text files (also printed), point scatters.
 
@@ -542,11 +545,13 @@ def sample(ctx: click.Context, run: str, n: int, sampler_name: str | None, sets:
                 raise ConfigError(f"--{key} and --input {key}=... disagree; give one")
             inputs[key] = value
     inputs["show"] = views
-    result = loaded.sample(n, seed=seed, sampler=sampler_name, inputs=inputs, **parse_set(sets))
+    chunks = loaded.sample_chunks(n, seed=seed, sampler=sampler_name, inputs=inputs,
+                                  batch_size=batch_size, **parse_set(sets))
     stem = Path(out).with_suffix("") if out else loaded.run.samples_dir / f"sample-{name}-{seed}"
     if out and Path(out).is_dir():  # a folder: the default file name inside it
         stem = Path(out) / f"sample-{name}-{seed}"
-    for path in loaded.write(result, stem):
+    paths, result = loaded.write_chunks(chunks, stem, n)  # a view of 64, an archive of all
+    for path in paths:
         click.echo(f"wrote {path}")
     _preview(result)
 
