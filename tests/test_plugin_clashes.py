@@ -399,3 +399,21 @@ def test_a_distribution_cannot_call_itself_built_in(entry_points, monkeypatch, d
     assert row["error"] == (f"RuntimeError: distribution name {dist!r} is reserved for genzoo's "
                             "own plugin; rename the distribution")
     assert invoke("list", "--json").exit_code == 0
+
+
+def test_two_entry_points_of_one_name_keep_both_rows(entry_points, monkeypatch):
+    class Fine:
+        @hookimpl
+        def register_models(self, register):
+            register("fine-model", family="pixelcnn")
+
+    class FailsOnLoad(FakeEntryPoint):
+        def load(self):
+            raise ImportError("needs libfoo")
+
+    monkeypatch.delenv("GENZOO_LOAD_PLUGINS", raising=False)
+    entry_points(FailsOnLoad("same", "dist-a", None), FakeEntryPoint("same", "dist-b", Fine()))
+    assert registry.registry().get("fine-model").plugin == "dist-b"
+    rows = [r for r in json.loads(invoke("plugins", "--json").output) if r["name"] == "same"]
+    assert [(r["source"], r["status"], r["error"]) for r in rows] == [
+        ("dist-a", "error", "ImportError: needs libfoo"), ("dist-b", "ok", "")]

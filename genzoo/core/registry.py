@@ -17,7 +17,7 @@ import types
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 import yaml
@@ -218,13 +218,20 @@ def _sections_problem(config: Any, presets: Any) -> str | None:
     return None
 
 
+@cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    # once per entry class, not once per entry: `zoo --help` builds the catalogue too (a plugin
+    # that failed in it must add no command), and this was a third of that time
+    return typing.get_type_hints(cls)
+
+
 def _make(cls: type, name: str, kwargs: dict[str, Any], source: str, kind: str) -> Any:
     valid = {f.name for f in fields(cls)} - {"name", "plugin"}
     unknown = sorted(set(kwargs) - valid)
     if unknown:
         raise RegistryError(f"{kind} {name!r} from {source}: unknown field {unknown[0]!r}; "
                             f"valid fields: {', '.join(sorted(valid))}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     for key, value in kwargs.items():
         problem = _type_problem(value, hints.get(key, Any))
         if problem is None and key in ("presets", "config"):
