@@ -1,6 +1,7 @@
 """Image folders bigger than RAM: decoded once (worker processes) into a uint8 cache that is
 memory-mapped and read per batch; the batches equal the in-memory path's; the cache is keyed on
-the files' contents (size + mtime), written atomically, under a lock."""
+the files' identities (size, mtime, ctime, inode: tests/test_data_exact.py), written atomically,
+under a lock."""
 import os
 import sys
 

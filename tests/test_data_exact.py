@@ -437,6 +437,22 @@ def test_a_missing_or_retyped_artifact_is_one_line(gpt_run, tmp_path):
         api.load_run(run)
 
 
+def test_an_optional_artifact_deleted_by_hand_is_one_line(gpt_run, tmp_path):
+    """A GPT built from config has no tokenizer until it loads one, so only the run's own list
+    of what it saved tells that the tokenizer was deleted."""
+    run = copy_run(gpt_run, tmp_path)
+    obj = json.loads((run / "artifacts.json").read_text())
+    assert obj["keys"] == ["start_counts", "tokenizer"]
+    del obj["artifacts"]["tokenizer"]
+    (run / "artifacts.json").write_text(json.dumps(obj))
+    with pytest.raises(CheckpointError) as e:
+        api.load_run(run)
+    assert one_line(e.value) == (
+        f"{run}: the run saved the artifact 'tokenizer' (its artifact files list it) but "
+        "neither artifacts.safetensors nor artifacts.json holds it: the files were edited or "
+        "mixed from different runs; restore the run from a copy")
+
+
 def test_an_artifact_the_model_does_not_save_is_one_line(gpt_run, tmp_path):
     run = copy_run(gpt_run, tmp_path)
     obj = json.loads((run / "artifacts.json").read_text())

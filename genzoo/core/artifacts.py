@@ -3,6 +3,7 @@ tokenizer, normalisation statistics): tensors to artifacts.safetensors, everythi
 artifacts.json."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +16,41 @@ from genzoo.core.tensors import load_tensors, save_tensors
 from genzoo.errors import CheckpointError, GenzooError
 
 
+KEYS = "genzoo_artifacts"  # safetensors metadata: every artifact key the run saved (JSON list)
+
+
 def save_artifacts(model: Any, folder: Path, metadata: dict[str, str] | None = None) -> None:
     """Tensors to artifacts.safetensors, everything else to artifacts.json; nothing when the
-    family keeps no extra state."""
+    family keeps no extra state. Each file also lists every key saved (``keys`` in the JSON,
+    ``genzoo_artifacts`` in the safetensors metadata), so a key deleted by hand is noticed even
+    where the family treats it as optional."""
     items = model.artifacts() if hasattr(model, "artifacts") else {}
     if not items:
         return
+    keys = sorted(items)
     tensors = {k: v for k, v in items.items() if isinstance(v, torch.Tensor)}
     rest = {k: v for k, v in items.items() if not isinstance(v, torch.Tensor)}
     if tensors:
-        save_tensors(Path(folder) / ARTIFACT_TENSORS, tensors, metadata)
+        save_tensors(Path(folder) / ARTIFACT_TENSORS, tensors,
+                     {**(metadata or {}), KEYS: json.dumps(keys)})
     if rest:
         write_json(Path(folder) / ARTIFACT_JSON, {"step": (metadata or {}).get("genzoo_step"),
-                                                  "artifacts": rest})
+                                                  "artifacts": rest, "keys": keys})
+
+
+def _listed(value: Any, where: Path) -> set[str]:
+    """A saved key list (absent in runs of older genzoo: nothing is listed)."""
+    if value is None:
+        return set()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+        raise CheckpointError(f"{where} is damaged: its list of artifact keys is not a list "
+                              "of names")
+    return set(value)
 
 
 def load_artifacts(model: Any, folder: Path) -> None:
@@ -38,19 +61,33 @@ def load_artifacts(model: Any, folder: Path) -> None:
     folder = Path(folder)
     items: dict[str, Any] = {}
     where: dict[str, Path] = {}
+    listed: dict[str, Path] = {}  # key -> a file that lists it as saved
     if (folder / ARTIFACT_TENSORS).exists():
         tensors = load_tensors(folder / ARTIFACT_TENSORS)
         items.update(tensors)
         where.update(dict.fromkeys(tensors, folder / ARTIFACT_TENSORS))
+        from safetensors import safe_open  # the header only; load_tensors checked the file
+        with safe_open(str(folder / ARTIFACT_TENSORS), framework="pt") as f:
+            meta = f.metadata() or {}
+        listed.update(dict.fromkeys(_listed(meta.get(KEYS), folder / ARTIFACT_TENSORS),
+                                    folder / ARTIFACT_TENSORS))
     if (folder / ARTIFACT_JSON).exists():
         obj = read_json(folder / ARTIFACT_JSON)
         if not isinstance(obj, dict) or not isinstance(obj.get("artifacts"), dict):
             raise CheckpointError(f"{folder / ARTIFACT_JSON} is not a genzoo artifacts file")
         items.update(obj["artifacts"])
         where.update(dict.fromkeys(obj["artifacts"], folder / ARTIFACT_JSON))
+        listed.update(dict.fromkeys(_listed(obj.get("keys"), folder / ARTIFACT_JSON),
+                                    folder / ARTIFACT_JSON))
     declared = _declared(model)
     if declared is not None:
         _check_declared(declared, items, where, folder)
+    lost = sorted(set(listed) - set(items))
+    if lost:
+        raise CheckpointError(
+            f"{folder}: the run saved the artifact {lost[0]!r} (its artifact files list it) but "
+            f"neither {ARTIFACT_TENSORS} nor {ARTIFACT_JSON} holds it: the files were edited or "
+            "mixed from different runs; restore the run from a copy")
     if items or type(model).load_artifacts is not Model.load_artifacts:
         try:
             model.load_artifacts(items)

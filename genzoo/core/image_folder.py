@@ -70,6 +70,7 @@ def load_image_folder(folder: Path, cfg: DataConfig, split: str, options: dict[s
     for p in files:
         key.update(f"{p.relative_to(folder)}|{file_identity(p)}\n".encode())
     cache = data_root(cfg.root) / "cache" / f"{name}-{key.hexdigest()[:16]}.npy"
+    remove_stale_temporaries(cache.parent)  # what killed decodes left, of any folder
     if not cache.exists():
         _decode_to_cache([files[i] for i in order], cache, size, mode, folder)
     n_train = len(train_idx)
