@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -121,8 +122,101 @@ def test_nproc_above_what_the_machine_has_is_one_line(monkeypatch):
 
 def test_launch_hands_torchrun_the_command_without_nproc(monkeypatch):
     calls = []
-    monkeypatch.setattr(distributed.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+
+    class Torchrun:  # subprocess.Popen's part that launch uses
+        def __init__(self, cmd, **kwargs):
+            calls.append((cmd, kwargs))
+
+        def wait(self, timeout=None):
+            return 0
+
+        def poll(self):
+            return 0
+    monkeypatch.setattr(distributed.subprocess, "Popen", Torchrun)
     assert distributed.launch(["train", "pixelcnn", "--nproc", "1", "--steps", "3",
                                "--nproc=1"], 1, device="cpu") == 0
-    assert calls[0][1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1",
-                            "-m", "genzoo", "train", "pixelcnn", "--steps", "3"]
+    cmd, kwargs = calls[0]
+    assert cmd[1:3] == ["-c", distributed._TORCHRUN]  # torch.distributed.run's main, no traceback
+    assert cmd[3:] == ["--standalone", "--nproc-per-node=1", "-m", "genzoo", "train", "pixelcnn",
+                       "--steps", "3"]
+    if os.name == "posix":  # a session of its own (one Ctrl-C, passed on once), dies with us
+        assert kwargs["start_new_session"] and kwargs["preexec_fn"] is not None
+
+
+SETUP = "a distributed run needs RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RANK": "0"}, "RANK is set (0) but WORLD_SIZE is not"),
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE is set (2) but RANK is not"),
+    ({"RANK": "x", "WORLD_SIZE": "2"}, "RANK='x' is not an integer"),
+    ({"RANK": "0", "WORLD_SIZE": "1e3"}, "WORLD_SIZE='1e3' is not an integer"),
+    ({"RANK": "0", "WORLD_SIZE": "0"}, "WORLD_SIZE=0 must be >= 1"),
+    ({"RANK": "2", "WORLD_SIZE": "2"}, "RANK=2 is outside WORLD_SIZE=2 (ranks are 0..1)"),
+    ({"RANK": "-1", "WORLD_SIZE": "2"}, "RANK=-1 is outside WORLD_SIZE=2"),
+    ({"LOCAL_RANK": "-3"}, "LOCAL_RANK=-3 is negative"),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, "MASTER_ADDR is not set (WORLD_SIZE=2)"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "localhost"}, "MASTER_PORT is not set"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": "70000"},
+     "MASTER_PORT=70000 is not a port (1..65535)"),
+])
+def test_an_incomplete_distributed_environment_is_one_line(monkeypatch, env, message):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as e:
+        distributed.init("cpu")
+    assert str(e.value).startswith(message) and SETUP in str(e.value)
+    res = CliRunner().invoke(cli, ["train", "pixelcnn", *SETS, "--steps", "1", "--out", "run",
+                                   "--no-progress"])
+    one_line_error(res, message)
+    assert not os.path.exists("run")  # refused before the run folder is made
+
+
+def test_one_process_environments_are_accepted(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    assert distributed.world() == (0, 1, 0)
+    monkeypatch.setenv("RANK", "")  # set but empty: unset
+    assert distributed.world() == (0, 1, 0)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.world() == (0, 1, 0) and distributed.init("cpu") is False
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("rank, needle", [(0, "for its peers, who never came"),
+                                          (1, "for rank 0 at 127.0.0.1:")])
+def test_a_rank_whose_peers_never_come_stops_after_the_rendezvous_timeout(monkeypatch, rank,
+                                                                          needle):
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "1.5")
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as e:
+        distributed.init("cpu")
+    assert time.monotonic() - start < 15  # torch's default: 30 minutes, silently
+    text = str(e.value)
+    assert text.startswith(f"rank {rank} of 2 waited 1.5 s") and needle in text
+    assert "GENZOO_DIST_TIMEOUT=SECONDS" in text and "\n" not in text
+    assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan", "inf", "1e9"])
+def test_a_nonsense_rendezvous_timeout_is_one_line(monkeypatch, value):
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, value)
+    with pytest.raises(ConfigError, match="GENZOO_DIST_TIMEOUT=.* must be a number of seconds"):
+        distributed.rendezvous_timeout()
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "90")
+    assert distributed.rendezvous_timeout() == 90
+    monkeypatch.delenv(distributed.TIMEOUT_ENV)
+    assert distributed.rendezvous_timeout() == distributed.RENDEZVOUS_TIMEOUT == 60
