@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 
 import pluggy
 
+from genzoo.core.env import env_bool, env_names
 from genzoo.errors import RegistryError
 
 PROJECT = "genzoo"
@@ -92,14 +92,11 @@ class PluginInfo:
 
 
 def _allowlist() -> set[str] | None:
-    raw = os.environ.get("GENZOO_LOAD_PLUGINS")
-    if raw is None:
-        return None
-    return {s.strip() for s in raw.split(",") if s.strip()}
+    return env_names("GENZOO_LOAD_PLUGINS", "plugin")  # unset: all; empty: none
 
 
 def strict() -> bool:
-    return os.environ.get("GENZOO_STRICT_PLUGINS", "") not in ("", "0", "false")
+    return bool(env_bool("GENZOO_STRICT_PLUGINS", False))
 
 
 class PluginHost:
@@ -141,9 +138,11 @@ class PluginHost:
             self._register(module, info)
 
     def _register(self, module: Any, info: PluginInfo) -> None:
-        if info.name in self.infos and self.infos[info.name].status == "ok":
+        holder = next((i for i in self.infos.values() if i.name == info.name and i.status == "ok"),
+                      None)
+        if holder is not None:
             self.fail(info, RuntimeError(f"plugin name {info.name!r} already used by "
-                                         f"{self.infos[info.name].source}"))
+                                         f"{holder.source}"))
             return
         key = self._key(info)  # info.name, unless a plugin that did not load holds it
         try:
@@ -261,6 +260,7 @@ class PluginHost:
                 self.fail(info, e)
                 if on_fail is not None:
                     on_fail(info)
+
 
 def _normal(name: str) -> str:
     """A distribution name as pip compares them (PEP 503)."""
