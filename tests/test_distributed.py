@@ -8,6 +8,8 @@ import time
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from click.testing import CliRunner
 
 import genzoo
@@ -209,6 +211,44 @@ def test_a_rank_whose_peers_never_come_stops_after_the_rendezvous_timeout(monkey
     assert text.startswith(f"rank {rank} of 2 waited 1.5 s") and needle in text
     assert "GENZOO_DIST_TIMEOUT=SECONDS" in text and "\n" not in text
     assert not torch.distributed.is_initialized()
+
+
+ENV_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                   max_size=12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.fixed_dictionaries({}, optional={v: st.one_of(ENV_TEXT, st.integers(-3, 5).map(str))
+                                           for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
+                                                     "MASTER_ADDR", "MASTER_PORT")}))
+def test_any_distributed_environment_is_a_world_or_one_line(env):
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            mp.delenv(var, raising=False)
+        for k, v in env.items():
+            mp.setenv(k, v)
+        try:
+            r, n, local = distributed.world()
+        except ConfigError as e:
+            assert "\n" not in str(e) and ("RANK" in str(e) or "WORLD_SIZE" in str(e)
+                                           or "MASTER_" in str(e))
+            return
+        assert 0 <= r < n and local >= 0
+        if n > 1:
+            assert 1 <= int(os.environ["MASTER_PORT"]) <= 65535 and os.environ["MASTER_ADDR"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(ENV_TEXT)
+def test_any_rendezvous_timeout_is_seconds_or_one_line(value):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(distributed.TIMEOUT_ENV, value)
+        try:
+            seconds = distributed.rendezvous_timeout()
+        except ConfigError as e:
+            assert "\n" not in str(e) and "GENZOO_DIST_TIMEOUT" in str(e)
+            return
+        assert 0 < seconds <= 7 * 24 * 3600
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "-5", "nan", "inf", "1e9"])

@@ -170,7 +170,8 @@ def launch(argv: Sequence[str], nproc: int, device: str = "auto") -> int:
     return rc
 
 
-_TORCHRUN = "import sys; from genzoo.core.distributed import torchrun; sys.exit(torchrun(sys.argv[1:]))"
+_TORCHRUN = ("import sys; from genzoo.core.distributed import torchrun; "
+             "sys.exit(torchrun(sys.argv[1:]))")
 
 
 class _ShutdownNotes(logging.Filter):

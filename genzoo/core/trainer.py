@@ -197,6 +197,9 @@ class Trainer:
             try:
                 stopped = self._loop(stop_after, request, vote)
                 self.save()
+                # a signal during the last save: the run is complete; skip its grid and test
+                # (nothing collective comes after this, so a rank may stop on its own signal)
+                stopped = stopped or request.signum is not None
             except KeyboardInterrupt as e:  # a second signal, mid-step or mid-save
                 raise signals.Interrupted(self.run.path, getattr(e, "signum", signal.SIGINT),
                                           self.saved, _abort_message(e, self)) from None
