@@ -301,7 +301,7 @@ def write_view(sample: Sample, stem: str | Path, reference: Any = None) -> list[
     for name, extra in sample.extras.items():
         extra_stem = stem.with_name(f"{stem.name}-{name}")
         if isinstance(extra, Sample):
-            paths += write(extra, extra_stem, reference)
+            paths += write_view(extra, extra_stem, reference)  # a view: whole, no archive
         else:
             from genzoo.core.atomic import atomic_write
             path = Path(f"{extra_stem}.txt")
