@@ -18,8 +18,10 @@ from genzoo.errors import GenzooError
 
 
 class ZooGroup(click.Group):
-    """Turns genzoo's own errors (user mistakes) into one line and exit code 2; anything else is
-    a bug and keeps its traceback."""
+    """Turns a user's mistake into one line and a non-zero exit code: genzoo's own errors, click's
+    usage errors, memory that cannot be allocated, a disk that is full or read-only, a number
+    too large. Anything else is a bug: its traceback, then a line that says so.
+    GENZOO_DEBUG=1 shows the traceback behind every one-line error too."""
 
     def _plugin_commands(self) -> None:
         _load_plugin_commands(self)  # once per plugin host (the host remembers)
@@ -41,19 +43,25 @@ class ZooGroup(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta["genzoo.argv"] = list(args)  # `zoo train --nproc N` relaunches them via torchrun
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:  # `zoo --bogus`: one line too
+            raise _usage_line(e) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except GenzooError as e:
-            raise click.ClickException(str(e)) from None
-        except OSError as e:  # a path the user gave: missing, a folder, too long, no permission
-            if e.filename is None or os.environ.get("GENZOO_DEBUG"):
-                raise
-            name = str(e.filename)
-            name = name if len(name) <= 120 else name[:117] + "..."
-            raise click.ClickException(f"{e.strerror or type(e).__name__}: {name}") from None
+            raise _one_line(str(e)) from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort) as e:
+            if isinstance(e, click.UsageError):
+                raise _usage_line(e) from None
+            raise
+        except OSError as e:  # a path the user gave (missing, a folder, too long), a full disk
+            message = _os_error_line(e, ctx)
+            if message is None:
+                _bug(e)
+            raise _one_line(message) from None
         except KeyboardInterrupt as e:
             # genzoo's Interrupted (core/signals.py) says which signal and what was saved; exit
             # 128 + signal (130 SIGINT, 143 SIGTERM); the ranks > 0 of a distributed run are quiet
@@ -65,6 +73,155 @@ class ZooGroup(click.Group):
             if message and os.environ.get("RANK", "0").strip() in ("", "0"):
                 click.echo(message, err=True)
             sys.exit(128 + int(getattr(e, "signum", 2)))
+        except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+            message = _memory_line(e, ctx)
+            if message is None:
+                _bug(e)
+            raise _one_line(message) from None
+        except (OverflowError, ValueError) as e:
+            message = _number_line(e)
+            if message is None:
+                _bug(e)
+            raise _one_line(message) from None
+        except Exception as e:
+            _bug(e)
+
+
+def _debug() -> tuple[bool, str]:
+    """Whether GENZOO_DEBUG asks for the tracebacks behind one-line errors, and a note for the
+    line when its value is neither on nor off. Read only when an error is shown, so a value
+    that cannot be used is named on the same line as the error it would have explained
+    (and counts as off)."""
+    from genzoo.core.env import env_bool
+    try:
+        return bool(env_bool("GENZOO_DEBUG", False)), ""
+    except GenzooError as e:
+        return False, f" [{e}]"
+
+
+class _OneLine(click.ClickException):
+    """``Error: MESSAGE`` on one line (newlines in a message become "; "), exit code 1 or 2."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+        super().__init__("; ".join(lines) or "error")
+        self.exit_code = exit_code
+
+
+def _one_line(message: str, exit_code: int = 1) -> click.ClickException:
+    """The one-line error for `message`; under GENZOO_DEBUG the exception being handled is
+    raised instead, with its traceback."""
+    debug, note = _debug()
+    if debug and sys.exc_info()[1] is not None:
+        raise sys.exc_info()[1]
+    return _OneLine(message + note, exit_code)
+
+
+def _usage_line(e: click.UsageError) -> click.ClickException:
+    """click's usage error (a bad option value, a missing argument) on one line with where to
+    look, instead of the usage block, a blank line and the error; `--help` still shows it all.
+    Exit code 2, as click's."""
+    if isinstance(e, click.exceptions.NoArgsIsHelpError):
+        return e  # `zoo data` with no subcommand: the help is the answer
+    where = f" (see: {e.ctx.command_path} --help)" if e.ctx is not None else ""
+    return _OneLine(e.format_message().rstrip() + where, exit_code=e.exit_code)
+
+
+def _bug(e: BaseException) -> None:
+    """Not a user's mistake: the traceback, then one line saying it is a bug, exit code 1."""
+    import traceback
+    traceback.print_exception(type(e), e, e.__traceback__)
+    click.echo("zoo: this is a bug in genzoo (or in a plugin), not a mistake in your input; "
+               "please report it with the traceback above (GENZOO_DEBUG=1 also shows the "
+               "traceback behind one-line errors)" + _debug()[1], err=True)
+    sys.exit(1)
+
+
+_LOWER = {  # what to lower when memory runs out, by command
+    "sample": "lower --n, or the sampler's sizes given with --set",
+    "run": "lower --batch-size, or the model or data sizes given with --set",
+    "train": "lower --batch-size, or the model or data sizes given with --set",
+    "bench": "lower --batch-size or --n",
+    "eval": "lower --n-samples",
+}
+
+
+def _memory_line(e: BaseException, ctx: click.Context) -> str | None:
+    """An allocation that failed, as one line: how much was asked for (from the message), on
+    which device, and what to lower; None when `e` is not about memory."""
+    import re
+    text = str(e)
+    torch = sys.modules.get("torch")
+    oom = isinstance(e, MemoryError) or (
+        torch is not None and isinstance(e, getattr(torch, "OutOfMemoryError", ())))
+    if not oom and not re.search(r"out of memory|can't allocate memory|cannot allocate memory|"
+                                 r"DefaultCPUAllocator", text, re.IGNORECASE):
+        return None
+    size = None
+    m = re.search(r"tried to allocate (\d+) bytes", text, re.IGNORECASE)
+    if m:
+        size = _bytes(int(m.group(1)))
+    else:
+        m = re.search(r"(?:tried to|unable to) allocate ([\d.]+ ?[KMGTP]?i?B)", text, re.IGNORECASE)
+        size = m.group(1) if m else None
+    device = "GPU " if re.search(r"CUDA|GPU|MPS", text) else ""
+    asked = f": tried to allocate {size}" if size else f" ({type(e).__name__})"
+    hint = _LOWER.get(ctx.invoked_subcommand or "", "lower the sizes you gave")
+    return f"not enough {device}memory{asked}; {hint}"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n} B"  # not reached
+
+
+_ENV_ERRNOS = {"ENOSPC": "the disk is full", "EDQUOT": "the disk quota is used up",
+               "EROFS": "the file system is read-only", "EACCES": "no permission",
+               "EPERM": "not permitted", "EFBIG": "the file is too large for the file system",
+               "EIO": "an input/output error", "ENOMEM": "not enough memory",
+               "ENAMETOOLONG": "the name is too long"}
+
+
+def _os_error_line(e: OSError, ctx: click.Context) -> str | None:
+    """A path that cannot be read or written, or a disk that is full or read-only, as one line
+    naming the path (the error's, else the output the command was writing); None for an
+    OSError that no input or machine state explains (a bug)."""
+    import errno
+    code = errno.errorcode.get(e.errno or -1, "")
+    name = e.filename if e.filename is not None else ctx.meta.get("genzoo.writing")
+    if e.filename is None and code not in _ENV_ERRNOS:
+        return None
+    what = e.strerror or _ENV_ERRNOS.get(code) or type(e).__name__
+    if code in ("ENOSPC", "EDQUOT"):
+        what += " (free some space, or write elsewhere with --out)"
+    if name is None:
+        return f"{what} ({code}) while writing"
+    shown = str(name) if len(str(name)) <= 120 else str(name)[:117] + "..."
+    if e.filename2 is not None:
+        shown += f" -> {e.filename2}"
+    return f"{what}: {shown}"
+
+
+def _number_line(e: BaseException) -> str | None:
+    """A number too large for where it goes (an OverflowError, torch's "Overflow when unpacking
+    long" for a seed or size beyond 64 bits) as one line; None for any other ValueError."""
+    import re
+    text = (str(e).splitlines() or [type(e).__name__])[0][:200]
+    if isinstance(e, OverflowError) or re.search(r"overflow|out of range|too large|too big",
+                                                 text, re.IGNORECASE):
+        return f"a number is too large for where it is used ({text}); use a smaller value"
+    return None
+
+
+def _writing(path: str | os.PathLike) -> None:
+    """Note the output a command is writing, named by a full-disk or read-only error whose
+    OSError does not carry the path."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.find_root().meta["genzoo.writing"] = str(path)
 
 
 def _console() -> Any:
@@ -328,6 +485,7 @@ def _do_train(name: str | None, preset: str, sets: tuple[str, ...], steps: int |
         if sets or data_name or epochs or batch_size or seed is not None:
             raise click.UsageError("--resume continues a run as configured; only --steps and "
                                    "--device may change")
+        _writing(resume)
         run = api.resume(resume, steps=steps, device=device, progress=not no_progress)
     else:
         if name is None:
@@ -338,6 +496,7 @@ def _do_train(name: str | None, preset: str, sets: tuple[str, ...], steps: int |
                                         "train.batch_size": batch_size, "train.device": device,
                                         "train.seed": seed, "data.root": data_root},
                                **_data_option(data_name))
+        _writing(out or "runs")
         run = api.train(name, preset, overrides, out=out, progress=not no_progress)
     return run
 
@@ -420,7 +579,8 @@ def run_cmd(name: str, n: int, **kw: Any) -> None:
 
 
 def _report(run: Any, paths: list[Path] | None = None, out: Any = None) -> None:
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+    from genzoo.core.distributed import world
+    if world()[0] != 0:  # under torchrun, rank 0 reports (RANK, checked)
         return
     tests = [m for m in run.metrics() if m.get("split") == "test"]
     c = _console()
@@ -533,6 +693,8 @@ def sample(ctx: click.Context, run: str, n: int, sampler_name: str | None, sets:
     from genzoo.core.config import parse_set
     if n < 1:
         raise click.BadParameter("must be >= 1", param_hint="--n")
+    from genzoo.core.train_config import check_seed
+    check_seed(seed, "--seed")  # torch's generators take [0, 2^64 - 1]
     aliased = ctx.meta.get("genzoo.shows", set())
     views = tuple(shows) + tuple(v for v in SHOW_ALIASES if v in aliased)
     loaded = api.load_run(run, ema=not no_ema, device=device)
@@ -550,6 +712,7 @@ def sample(ctx: click.Context, run: str, n: int, sampler_name: str | None, sets:
     stem = Path(out).with_suffix("") if out else loaded.run.samples_dir / f"sample-{name}-{seed}"
     if out and Path(out).is_dir():  # a folder: the default file name inside it
         stem = Path(out) / f"sample-{name}-{seed}"
+    _writing(stem)
     paths, result = loaded.write_chunks(chunks, stem, n)  # a view of 64, an archive of all
     for path in paths:
         click.echo(f"wrote {path}")
@@ -608,6 +771,9 @@ def eval_cmd(run: str, split: str, device: str, metrics: str | None, n_samples: 
     """
     from genzoo.core.metrics import evaluate
     names = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None
+    from genzoo.core.train_config import check_seed
+    check_seed(seed, "--seed")
+    _writing(Path(run) / "eval.json")
     result = evaluate(run, split=split, device=device, metrics=names, n_samples=n_samples,
                       features=features, seed=seed)
     for k, v in result.items():
@@ -664,6 +830,7 @@ def gallery(runs: tuple[str, ...], out: str) -> None:
       zoo gallery runs/ --out site && xdg-open site/index.html
     """
     from genzoo.core.gallery import build
+    _writing(out)
     index = build(list(runs), out)
     click.echo(f"wrote {index}")
 
@@ -742,8 +909,18 @@ def _load_plugin_commands(group: click.Group) -> None:
         from genzoo.core.registry import registry
         registry().host.add_commands(group)
     except Exception as e:
+        if isinstance(e, GenzooError):
+            # a setting the user got wrong (GENZOO_LOAD_PLUGINS=',,'): forget the half-loaded
+            # catalogue, so the command that needs it says so in one line (`--help` still works)
+            from genzoo.core import registry
+            registry.reset()
+            return
         from genzoo.core.plugins import strict
-        if strict():
+        try:
+            on = strict()
+        except GenzooError:  # GENZOO_STRICT_PLUGINS=nonsense: the command that loads says so
+            on = False
+        if on:
             raise
         click.echo(f"warning: plugins not loaded: {e}", err=True)
 

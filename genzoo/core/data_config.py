@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from genzoo.core.env import check_folder, env_path
+
 
 @dataclass
 class DataConfig:
@@ -29,9 +31,8 @@ class DataConfig:
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
+    """`root` (``--data-root``, ``data.root``), else $GENZOO_DATA, else ~/.cache/genzoo/data;
+    a file, a path inside a file, or a folder that cannot be made is one line naming it."""
     if root:
-        return Path(root).expanduser()
-    env = os.environ.get("GENZOO_DATA")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "genzoo" / "data"
+        return check_folder(Path(root).expanduser(), f"data root {str(root)!r}")
+    return env_path("GENZOO_DATA") or Path.home() / ".cache" / "genzoo" / "data"

@@ -9,14 +9,33 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
 from genzoo.core import distributed as dist
+from genzoo.core.env import env_bool
 from genzoo.errors import ConfigError
+
+TRAIN_SEED_MAX = 2 ** 32 - 1  # the data order and RNG streams derive 64-bit seeds from it
+SAMPLE_SEED_MAX = 2 ** 64 - 1  # torch.Generator.manual_seed's range (a uint64)
+
+
+def check_seed(seed: object, what: str = "seed", hi: int = SAMPLE_SEED_MAX) -> int:
+    """`seed` as an int in [0, hi], or one line naming `what` (``--seed``, ``seed``) and the
+    range. A bool, a float (``1.5``, ``1e20``) or a string is not a seed; an integral float
+    (``3.0``) would round beyond 2^53, so it is refused too rather than silently changed."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"bad value {_short(seed)} for {what}: expected an integer in [0, {hi}]")
+    if not 0 <= seed <= hi:
+        raise ConfigError(f"bad value {_short(seed)} for {what}: expected an integer in [0, {hi}]")
+    return seed
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass
@@ -73,8 +92,7 @@ def validate_train(cfg: TrainConfig) -> None:
         bad("steps", cfg.steps, "expected an integer >= 1")
     if cfg.epochs is not None and not (math.isfinite(cfg.epochs) and cfg.epochs > 0):
         bad("epochs", cfg.epochs, "expected a number > 0")
-    if not 0 <= cfg.seed < 2 ** 32:  # the data order and RNG streams derive 64-bit seeds from it
-        bad("seed", cfg.seed, f"expected an integer in [0, {2 ** 32 - 1}]")
+    check_seed(cfg.seed, "seed", TRAIN_SEED_MAX)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -96,10 +114,10 @@ def pick_device(name: str = "auto") -> torch.device:
 def cpu_bf16_matmul() -> bool:
     """True on CPUs with bf16 matrix units (Intel AMX: the ``amx_bf16`` cpuinfo flag), where bf16
     autocast trains faster than fp32; elsewhere bf16 is emulated and slower, so ``amp=auto``
-    stays fp32. GENZOO_CPU_BF16=0/1 overrides the detection."""
-    env = os.environ.get("GENZOO_CPU_BF16", "")
-    if env in ("0", "1"):
-        return env == "1"
+    stays fp32. GENZOO_CPU_BF16=0/1 overrides the detection (anything else is one line)."""
+    forced = env_bool("GENZOO_CPU_BF16", None)
+    if forced is not None:
+        return forced
     global _CPU_BF16
     if _CPU_BF16 is None:
         try:
