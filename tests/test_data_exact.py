@@ -320,9 +320,10 @@ def test_nonsense_in_the_mmap_threshold_is_one_line(tmp_path, monkeypatch):
     bmp(folder / "a.bmp", 1)
     bmp(folder / "b.bmp", 2)
     monkeypatch.setenv("GENZOO_MMAP_BYTES", "lots")
-    with pytest.raises(DataError) as e:
+    with pytest.raises(ConfigError) as e:
         load(DataConfig(name="folder", path=str(folder)))
-    assert "GENZOO_MMAP_BYTES='lots' is not a byte count" in one_line(e.value)
+    assert "GENZOO_MMAP_BYTES='lots' is not valid: expected a whole number of bytes" in \
+        one_line(e.value)
 
 
 # -- prompts: unknown words are refused by name ---------------------------------------------------
@@ -419,7 +420,8 @@ def test_weights_of_the_wrong_dtype_are_one_line(gpt_run, tmp_path):
         api.load_run(run)
     msg = one_line(e.value)
     assert str(run / "model.safetensors") in msg
-    assert f"dtype mismatch {key} float64 vs float32" in msg and "(found vs expected)" in msg
+    assert msg.endswith(f"does not fit this model: dtype mismatch {key} float64 vs float32 "
+                        "(the file's vs the model's)")
 
 
 def test_a_missing_or_retyped_artifact_is_one_line(gpt_run, tmp_path):
@@ -485,7 +487,8 @@ def test_another_models_weights_with_the_step_stamp_changed_are_one_line(gpt_run
               metadata={**meta, "genzoo_step": str(step)})
     with pytest.raises(CheckpointError) as e:
         api.load_run(run)
-    assert "does not fit this model (found vs expected): shape mismatch" in one_line(e.value)
+    msg = one_line(e.value)
+    assert "does not fit this model: shape mismatch" in msg and "(the file's vs the model's)" in msg
 
 
 # -- data files that are not UTF-8, JSON or CSV ----------------------------------------------------
@@ -551,3 +554,35 @@ def test_an_attribute_table_reads_exactly(tmp_path):
                                  ["000002.jpg", " -1", "true"], []])
     assert read_attribute_csv(path) == (["Smiling", "Bald"], {"000001.jpg": [True, False],
                                                              "000002.jpg": [False, True]})
+
+
+# -- file names ----------------------------------------------------------------------------------
+
+NAME = st.text(st.characters(codec="utf-8", exclude_characters="/\\\0",
+                             exclude_categories=("Cs", "Cc")), min_size=1, max_size=20)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(NAME, min_size=2, max_size=3, unique_by=lambda n: n.lower()))
+def test_images_of_any_name_decode(tmp_path_factory, names):
+    folder = tmp_path_factory.mktemp("names") / "imgs"
+    folder.mkdir()
+    for i, name in enumerate(names):
+        try:
+            bmp(folder / f"{name}.png", 40 * i + 1)  # BMP bytes, .png name: read by content
+        except OSError:  # a name this file system refuses (too long in bytes): not our case
+            return
+    root = folder.parent / "root"
+    data = load(DataConfig(name="folder", path=str(folder), root=str(root), test_fraction=0.4))
+    assert len(data) + len(load(DataConfig(name="folder", path=str(folder), root=str(root),
+                                           test_fraction=0.4), "test")) == len(names)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="bytes file names")
+def test_a_file_name_that_is_not_utf8_decodes(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    bmp(folder / "a.bmp", 1)
+    bmp(Path(os.fsdecode(bytes(folder) + b"/caf\xe9.bmp")), 2)
+    data = load(DataConfig(name="folder", path=str(folder), test_fraction=0.5))
+    assert len(data) == 1

@@ -56,7 +56,8 @@ def _listed(value: Any, where: Path) -> set[str]:
 def load_artifacts(model: Any, folder: Path) -> None:
     """Restore the run's artifacts into `model`, checked against what the model declares (its
     ``artifacts()`` before loading): every declared key present, a tensor where it declares a
-    tensor (of its dtype) and JSON where it declares JSON, and no key it would not save. A
+    tensor (of its dtype) and JSON where it declares JSON (None: not known yet, either), every
+    key the files list as saved present, and no key the model would not save. A
     mismatch is one CheckpointError naming the file, the key, what was expected and found."""
     folder = Path(folder)
     items: dict[str, Any] = {}
@@ -136,6 +137,8 @@ def _check_declared(declared: dict[str, Any], items: dict[str, Any], where: dict
             raise CheckpointError(f"{file} lacks the artifact {key!r} (expected {_kind(want)}): "
                                   "the run is damaged or was edited; restore it from a copy")
         found = items[key]
+        if want is None:  # not known until the model sees data (a statistic): any kind
+            continue
         if wants_tensor != isinstance(found, torch.Tensor) or \
                 (wants_tensor and found.dtype != want.dtype):
             raise CheckpointError(f"{where[key]}: artifact {key!r} is {_kind(found)}, expected "

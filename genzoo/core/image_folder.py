@@ -26,13 +26,8 @@ MMAP_BYTES = 1 << 30  # decoded sets above this are mapped (GENZOO_MMAP_BYTES ov
 def mmap_bytes() -> int:
     """``GENZOO_MMAP_BYTES`` (a byte count), read when a folder is loaded, so nonsense in it is
     a one-line error then, not a traceback when genzoo is imported."""
-    raw = os.environ.get("GENZOO_MMAP_BYTES", "").strip()
-    if not raw:
-        return MMAP_BYTES
-    if not raw.isdigit() or len(raw) > 19:
-        raise DataError(f"GENZOO_MMAP_BYTES={raw[:40]!r} is not a byte count; set a whole number "
-                        f"of bytes (e.g. {MMAP_BYTES}) or unset it")
-    return int(raw)
+    from genzoo.core.env import env_int
+    return env_int("GENZOO_MMAP_BYTES", MMAP_BYTES, lo=0, hi=2 ** 62, unit="bytes")
 
 
 def load_image_folder(folder: Path, cfg: DataConfig, split: str, options: dict[str, Any],
@@ -68,7 +63,9 @@ def load_image_folder(folder: Path, cfg: DataConfig, split: str, options: dict[s
     # v3: 16-bit images scaled, alpha composited on white, EXIF orientation applied (v2 clipped)
     key = hashlib.sha1(f"{folder.resolve()}|{size}|{mode}|{cfg.test_fraction}|v3".encode())
     for p in files:
-        key.update(f"{p.relative_to(folder)}|{file_identity(p)}\n".encode())
+        # surrogateescape: a file name that is not UTF-8 (bytes on Linux) is keyed, not fatal
+        key.update(f"{p.relative_to(folder)}|{file_identity(p)}\n".encode("utf-8",
+                                                                        "surrogateescape"))
     cache = data_root(cfg.root) / "cache" / f"{name}-{key.hexdigest()[:16]}.npy"
     remove_stale_temporaries(cache.parent)  # what killed decodes left, of any folder
     if not cache.exists():

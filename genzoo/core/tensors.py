@@ -74,8 +74,8 @@ def load_weights(module: torch.nn.Module, path: Path, strict: bool = True) -> No
         if mistyped:
             parts.append("dtype mismatch " + _few(
                 f"{k} {_dtype(state[k])} vs {_dtype(own[k])}" for k in mistyped))
-        raise CheckpointError(f"{path} does not fit this model (found vs expected): "
-                              + "; ".join(parts))
+        order = " (the file's vs the model's)" if mismatched or mistyped else ""
+        raise CheckpointError(f"{path} does not fit this model: " + "; ".join(parts) + order)
     module.load_state_dict(state, strict=strict)
 
 

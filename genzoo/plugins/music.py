@@ -70,7 +70,9 @@ def _parse_cached(files: list[Path], cache: Path, what: str) -> list[dict[str, A
 
 
 def _key(*parts: Any) -> str:
-    return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:16]
+    # surrogateescape: file names that are not UTF-8 (bytes on Linux) are keyed, not fatal
+    return hashlib.sha1("|".join(map(str, parts)).encode("utf-8", "surrogateescape")
+                        ).hexdigest()[:16]
 
 
 # -- token datasets -------------------------------------------------------------------------------
