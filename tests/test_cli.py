@@ -34,6 +34,10 @@ def test_list_table_json_pattern_and_tags():
     (["train", "pixelcnn", "--set", "levels=1"], ["levels must be >= 2"]),
     (["sample", "/no/such/run"], ["no run at /no/such/run"]),
     (["info", "vae"], ["unknown model 'vae'"]),
+    (["sample", "/no/such/run", "--seed", "-1"], ["--seed", "[0, 18446744073709551615]"]),
+    (["train", "pixelcnn", "--seed", str(2 ** 64)], ["seed"]),
+    (["train", "pixelcnn", "--steps", "x"], ["Invalid value for '--steps'", "--help"]),
+    (["sample"], ["Missing argument 'RUN'"]),
 ])
 def test_user_mistakes_exit_nonzero_with_one_line(args, needles):
     one_line_error(invoke(*args), *needles)

@@ -222,6 +222,39 @@ def test_damaged_run_files(tiny_run, tmp_path_factory, name, data):
     _load_and_resume(_damaged_run(tiny_run, tmp_path_factory.getbasetemp(), name, data))
 
 
+# -- the command line: `zoo sample` with fuzzed options ------------------------------------------
+
+cli_values = st.one_of(st.sampled_from(NASTY), st.text(max_size=12),
+                       st.integers(-2 ** 70, 2 ** 70).map(str))
+sample_args = st.lists(st.one_of(
+    st.tuples(st.just("--seed"), cli_values),
+    st.tuples(st.just("--n"), st.one_of(st.integers(-3, 6).map(str), st.sampled_from(NASTY))),
+    st.tuples(st.just("--sampler"), st.one_of(st.sampled_from(["naive", "cached"]), cli_values)),
+    st.tuples(st.just("--device"), st.sampled_from(["cpu", "cuda:99", "tpu", "", "auto"])),
+    st.tuples(st.just("--input"), cli_values),
+    st.tuples(st.just("--show"), cli_values)), max_size=3)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+@given(sample_args)
+def test_sample_options_work_or_are_one_line(tiny_run, tmp_path_factory, pairs):
+    """Whatever the options hold (sizes kept small: no --set, --n <= 6), `zoo sample` writes
+    its files or says what is wrong in one line; never a traceback."""
+    from click.testing import CliRunner
+
+    from genzoo.cli import cli
+    out = tmp_path_factory.mktemp("fuzz-sample") / "s"
+    args = [a for pair in pairs for a in pair if "\x00" not in a]
+    res = CliRunner().invoke(cli, ["sample", str(tiny_run), *args, "--out", str(out)],
+                             prog_name="zoo")
+    text = res.output.strip()
+    assert "Traceback" not in text, text
+    if res.exit_code != 0:
+        assert len(text.splitlines()) == 1 and text.startswith("Error: "), text
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+
+
 # -- the slow lane: >= 10,000 inputs in all -----------------------------------------------------
 
 @pytest.mark.slow
