@@ -379,3 +379,31 @@ def test_a_wav_is_at_most_max_seconds(tmp_path):
     assert len(synthesize(short, bpm=120.0, max_seconds=0.5)) == int(0.5 * SAMPLE_RATE) + 1
     with pytest.raises(ValueError, match="bpm"):
         synthesize(short, bpm=0.0)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_static_token_samplers_draw_the_reference_tokens_across_uniform_chunks(device,
+                                                                                monkeypatch):
+    """Chunks of 16 steps over 60 tokens (as 256 over thousands): the stateful LSTM and cached
+    GPT walks refill their uniform buffer three times (on CUDA between graph replays) and still
+    draw the tokens of the one-draw-per-step reference."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from genzoo.core.text import Tokenizer
+    from genzoo.nn import autoregressive
+    from genzoo.plugins import gpt, lstm
+    monkeypatch.setattr(autoregressive, "UNIFORM_CHUNK", 16)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    kw = {"max_new_tokens": 60, "top_k": 10}
+    rnn = lstm.LSTMLanguageModel(lstm.LSTMConfig(vocab_size=50, embedding_dim=8, hidden_size=16,
+                                                 pad_id=None)).to(device).double().eval()
+    rnn.tokenizer = Tokenizer("word", ["", "[UNK]"] + [f"w{i}" for i in range(48)])
+    a = lstm.StatefulSampler(**kw).sample(rnn, 3, g(), prompt="w1 w2").ids
+    b = lstm.NaiveSampler(**kw).sample(rnn, 3, g(), prompt="w1 w2").ids
+    assert a == b and len(a[0]) == 62
+    model = genzoo.create_model("gpt", layers=1, heads=2, embed_dim=16, key_dim=8, ff_dim=32,
+                                vocab=40, context=16, pad_id=None).to(device).double().eval()
+    model.start_counts.fill_(1.0)
+    a = gpt.CachedSampler(**kw).sample(model, 3, g()).ids
+    b = gpt.NaiveSampler(**kw).sample(model, 3, g()).ids
+    assert a == b and len(a[0]) == 61

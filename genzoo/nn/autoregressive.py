@@ -124,16 +124,17 @@ class TokenSteps:
     it, keeps its network's state beside it (KV caches, an RNN state) and calls ``draw`` with the
     next-token logits in its step.
 
-    `u` is either all T x n uniforms, or T with a `generator`: then a buffer of `chunk` x n holds
-    the uniforms of `chunk` steps at a time, refilled in place by ``room`` (which
-    ``run_token_steps`` calls between steps) from the generator. A CPU generator gives the same
-    numbers drawn in consecutive pieces as drawn at once, so both give the same tokens; the
-    buffer keeps a long run's memory to its tokens."""
+    `u` is either all T x n uniforms, or T with a `generator`: then a buffer of `chunk` x n
+    (default ``UNIFORM_CHUNK``) holds the uniforms of `chunk` steps at a time, refilled in place
+    by ``room`` (which ``run_token_steps`` calls between steps) from the generator. A CPU
+    generator gives the same numbers drawn in consecutive pieces as drawn at once, so both give
+    the same tokens; the buffer keeps a long run's memory to its tokens."""
 
     def __init__(self, prompt: torch.Tensor, u: torch.Tensor | int, temperature: float = 1.0,
                  top_k: int | None = None, end: int | None = None,
-                 generator: torch.Generator | None = None, chunk: int = UNIFORM_CHUNK):
+                 generator: torch.Generator | None = None, chunk: int | None = None):
         n, P = prompt.shape
+        chunk = chunk or UNIFORM_CHUNK
         if isinstance(u, torch.Tensor):  # every step's, drawn by the caller
             self.total, self.generator = int(u.shape[0]), None
         else:
