@@ -30,3 +30,12 @@ def test_old_run_samples_bit_identically(name, tmp_path):
         expected = load_file(run_dir / "expected-sample.safetensors")["images"]
         assert sample.images.shape == expected.shape
         assert torch.equal(sample.images, expected)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, 1.5, "3"])
+def test_loaded_run_refuses_a_seed_outside_the_generators_range(seed, tmp_path):
+    from genzoo.errors import ConfigError
+    shutil.copytree(RUNS / "pixelcnn", tmp_path / "run")
+    run = genzoo.load_run(str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match=r"seed: expected an integer in \[0, 18446744073709551615\]"):
+        run.sample(2, seed=seed)

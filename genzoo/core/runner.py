@@ -29,7 +29,7 @@ from genzoo.core.registry import FamilyEntry
 from genzoo.core.run_folder import CONFIG, TRAINER_JSON, WEIGHTS, Run, RunLock
 from genzoo.core.sampler import draw, draw_chunks
 from genzoo.core.sources import load as load_data
-from genzoo.core.train_config import TrainConfig, pick_device, validate_train
+from genzoo.core.train_config import TrainConfig, check_seed, pick_device, validate_train
 from genzoo.core.trainer import Trainer
 from genzoo.errors import CheckpointError, ConfigError, GenzooError
 
@@ -283,7 +283,7 @@ class LoadedRun:
         (``temperature``...); `batch_size` the most samples drawn at once (default: by
         modality and sampler, ``genzoo.core.sampler.batch_size_for``). The same seed gives the
         same samples."""
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(check_seed(seed))
         return draw(self.model, self.sampler(sampler, **options), n, g, inputs,
                     family=self.family.name, batch_size=batch_size)
 
@@ -292,7 +292,7 @@ class LoadedRun:
                       **options: Any) -> Iterator[samplelib.Sample]:
         """``sample`` batch by batch (checked before the first is drawn): the same samples for
         a seed, without ever holding more than a batch; ``write_chunks`` writes them."""
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(check_seed(seed))
         return draw_chunks(self.model, self.sampler(sampler, **options), n, g, inputs,
                            family=self.family.name, batch_size=batch_size)
 
