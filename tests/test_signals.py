@@ -42,6 +42,16 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def sigint_not_ignored():
+    """A shell without job control starts background jobs (`pytest ... &`) with SIGINT ignored,
+    and training rightly leaves an ignored signal ignored (nohup); these tests need Python's
+    usual SIGINT handler whatever started them."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted 20-step run."""
