@@ -1,6 +1,15 @@
 import os
+import tempfile
 
 import pytest
+from hypothesis import configuration, settings
+
+# Tests write nothing in the checkout: hypothesis keeps its example database and its caches in a
+# .hypothesis/ folder of the working directory pytest starts in, so the database is off and the
+# caches go to a temporary folder.
+settings.register_profile("genzoo", database=None)
+settings.load_profile("genzoo")
+configuration.set_hypothesis_home_dir(tempfile.mkdtemp(prefix="genzoo-hypothesis-"))
 
 
 def pytest_configure(config):
