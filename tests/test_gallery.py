@@ -1,6 +1,7 @@
 """`zoo leaderboard` and `zoo gallery`: tables gathered from run folders, and the static site
 checked in a real headless browser (Debian's chromium driven by Playwright): the index loads,
 a link leads to a run page, every image decodes, no console errors."""
+import contextlib
 import json
 import os
 import shutil
@@ -65,14 +66,14 @@ def test_gallery_writes_a_self_contained_site(runs, tmp_path):
         assert not img.is_symlink()
 
 
-def test_gallery_in_a_real_browser(runs, tmp_path):
+@contextlib.contextmanager
+def browser_page():
+    """A page of the system chromium (skips when there is none), and the list its console
+    errors, page errors and dialogs (a script that ran: ``dialog: ...``) are collected in."""
     if not CHROMIUM:
         pytest.skip("no chromium binary (Debian: apt-get install chromium); set GENZOO_CHROMIUM")
     sync_api = pytest.importorskip("playwright.sync_api",
                                    reason="playwright not installed (pip install playwright)")
-    root, _, _ = runs
-    site = tmp_path / "site"
-    assert CliRunner().invoke(cli, ["gallery", str(root), "--out", str(site)]).exit_code == 0
     errors: list[str] = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
@@ -80,21 +81,35 @@ def test_gallery_in_a_real_browser(runs, tmp_path):
             page = browser.new_page()
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto((site / "index.html").as_uri())
-            assert page.title() == "genzoo gallery"
-            assert page.locator("table tbody tr").count() == 3
-            page.click('a[href="./pixelcnn/index.html"]')
-            page.wait_for_load_state("load")
-            assert page.url.endswith("pixelcnn/index.html")
-            widths = page.eval_on_selector_all(
-                "img", "imgs => imgs.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
-            assert widths, "the run page shows no images"
-            assert all(done and w > 0 for _, done, w in widths), widths
-            page.click("text=all runs")
-            page.wait_for_load_state("load")
-            assert Path(page.url.replace("file://", "")).name == "index.html"
+            page.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
+            yield page, errors
         finally:
             browser.close()
+
+
+def images_of(page) -> list:
+    """[src, complete, naturalWidth] of every <img> on the page: decoded ones have a width."""
+    return page.eval_on_selector_all(
+        "img", "imgs => imgs.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+
+
+def test_gallery_in_a_real_browser(runs, tmp_path):
+    root, _, _ = runs
+    site = tmp_path / "site"
+    assert CliRunner().invoke(cli, ["gallery", str(root), "--out", str(site)]).exit_code == 0
+    with browser_page() as (page, errors):
+        page.goto((site / "index.html").as_uri())
+        assert page.title() == "genzoo gallery"
+        assert page.locator("table tbody tr").count() == 3
+        page.click('a[href="./pixelcnn/index.html"]')
+        page.wait_for_load_state("load")
+        assert page.url.endswith("pixelcnn/index.html")
+        widths = images_of(page)
+        assert widths, "the run page shows no images"
+        assert all(done and w > 0 for _, done, w in widths), widths
+        page.click("text=all runs")
+        page.wait_for_load_state("load")
+        assert Path(page.url.replace("file://", "")).name == "index.html"
     assert not errors, errors
 
 
@@ -159,35 +174,19 @@ def test_gallery_never_writes_outside_out(runs, tmp_path):
 
 
 def test_gallery_hostile_names_in_a_real_browser(hostile_runs, tmp_path):
-    if not CHROMIUM:
-        pytest.skip("no chromium binary (Debian: apt-get install chromium); set GENZOO_CHROMIUM")
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="playwright not installed (pip install playwright)")
     site = tmp_path / "site"
     assert CliRunner().invoke(cli, ["gallery", str(hostile_runs), "--out", str(site)]).exit_code == 0
-    errors: list[str] = []
-    dialogs: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        try:
-            page = browser.new_page()
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            index = (site / "index.html").as_uri()
+    with browser_page() as (page, errors):
+        index = (site / "index.html").as_uri()
+        page.goto(index)
+        count = page.locator("table tbody a").count()
+        assert count == len(HOSTILE)
+        for i in range(count):
             page.goto(index)
-            count = page.locator("table tbody a").count()
-            assert count == len(HOSTILE)
-            for i in range(count):
-                page.goto(index)
-                page.locator("table tbody a").nth(i).click()
-                page.wait_for_load_state("load")
-                assert page.url.startswith("file://") and page.url.endswith("/index.html"), page.url
-                assert page.title().startswith("pixelcnn"), page.url
-                imgs = page.eval_on_selector_all(
-                    "img", "imgs => imgs.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
-                assert imgs and all(done and w > 0 for _, done, w in imgs), imgs
-        finally:
-            browser.close()
-    assert not dialogs, dialogs  # no script ran
-    assert not errors, errors
+            page.locator("table tbody a").nth(i).click()
+            page.wait_for_load_state("load")
+            assert page.url.startswith("file://") and page.url.endswith("/index.html"), page.url
+            assert page.title().startswith("pixelcnn"), page.url
+            imgs = images_of(page)
+            assert imgs and all(done and w > 0 for _, done, w in imgs), imgs
+    assert not errors, errors  # no console error, and no dialog: no script ran

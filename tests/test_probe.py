@@ -102,17 +102,27 @@ def test_env_int_refuses_what_is_not_a_plain_integer(value, monkeypatch):
         envlib.env_int("GENZOO_PROBE_INT", 1, 0)
 
 
+def assert_reads_on_or_off(variable: str, value: str, read) -> None:
+    """With `variable` set to `value`, ``read()`` is True/False for the words genzoo knows,
+    else one ConfigError naming the variable and the valid values."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(variable, value)
+        word = value.strip().lower()
+        if word in envlib.TRUE + envlib.FALSE:
+            assert read() is (word in envlib.TRUE)
+        else:
+            with pytest.raises(ConfigError, match=rf"{variable}=.* expected 1 or 0"):
+                read()
+
+
 @BOUNDED
 @given(env_text)
 def test_env_bool_and_choice_name_the_variable_and_the_valid_values(value):
+    assert_reads_on_or_off("GENZOO_PROBE_BOOL", value,
+                           lambda: envlib.env_bool("GENZOO_PROBE_BOOL", None))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GENZOO_PROBE_BOOL", value)
         word = value.strip().lower()
-        if word in envlib.TRUE + envlib.FALSE:
-            assert envlib.env_bool("GENZOO_PROBE_BOOL", None) is (word in envlib.TRUE)
-        else:
-            with pytest.raises(ConfigError, match=r"GENZOO_PROBE_BOOL=.* expected 1 or 0"):
-                envlib.env_bool("GENZOO_PROBE_BOOL", None)
         if word in ("fast", "slow"):
             assert envlib.env_choice("GENZOO_PROBE_BOOL", "fast", ["fast", "slow"]) == word
         else:
@@ -224,14 +234,7 @@ def test_genzoo_load_plugins_with_only_commas_is_not_none_by_accident():
 @given(env_text)
 def test_genzoo_strict_plugins_is_on_or_off(value):
     from genzoo.core import plugins
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GENZOO_STRICT_PLUGINS", value)
-        word = value.strip().lower()
-        if word in envlib.TRUE + envlib.FALSE:
-            assert plugins.strict() is (word in envlib.TRUE)
-        else:
-            with pytest.raises(ConfigError, match=r"GENZOO_STRICT_PLUGINS=.*expected 1 or 0"):
-                plugins.strict()
+    assert_reads_on_or_off("GENZOO_STRICT_PLUGINS", value, plugins.strict)
 
 
 @BOUNDED

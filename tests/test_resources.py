@@ -31,7 +31,8 @@ from genzoo.core.sample import (ImageSample, PointSample, TextSample, concat, he
 from genzoo.core.sampler import (DEFAULT_BATCH, MAX_NEW_TOKENS, Sampler, TokenOptions, draw,
                                  draw_chunks, uniforms)
 from genzoo.errors import ConfigError
-from genzoo.nn.autoregressive import TokenSteps, generate, run_token_steps
+from genzoo.nn.autoregressive import generate, run_token_steps
+from test_nn_autoregressive import BigramWalk  # the static bigram walk those tests use
 
 RUNS = Path(__file__).parent / "data" / "runs-v2"
 
@@ -315,15 +316,6 @@ def test_uniforms_drawn_in_pieces_are_those_drawn_at_once(pieces, n, seed):
     assert torch.equal(parts, whole)
 
 
-class Bigram(TokenSteps):
-    def __init__(self, table, prompt, u, **kw):
-        super().__init__(prompt, u, **kw)
-        self.table = table
-
-    def step(self):
-        self.draw(self.table.index_select(0, self.last()))
-
-
 @pytest.mark.parametrize("end", [None, 0])
 @pytest.mark.parametrize("chunk", [1, 7, 16, 1000])
 def test_token_steps_drawn_per_chunk_make_the_tokens_of_uniforms_up_front(chunk, end):
@@ -333,11 +325,12 @@ def test_token_steps_drawn_per_chunk_make_the_tokens_of_uniforms_up_front(chunk,
         table[:, end] -= 2.5  # rows end now and then
     prompt = torch.tensor([[1, 2], [3, 4], [5, 5]])
     kw = {"temperature": 1.1, "top_k": 8, "end": end}
-    before = Bigram(table, prompt, uniforms(torch.Generator().manual_seed(9), (T, 3), "cpu"), **kw)
+    before = BigramWalk(table, prompt, uniforms(torch.Generator().manual_seed(9), (T, 3), "cpu"),
+                        **kw)
     made_before = run_token_steps(lambda m, k: [before.step() for _ in range(k)] and k, T, 8,
                                   before.done if end is not None else None)
     g = torch.Generator().manual_seed(9)
-    walk = Bigram(table, prompt, T, generator=g, chunk=chunk, **kw)
+    walk = BigramWalk(table, prompt, T, generator=g, chunk=chunk, **kw)
     sizes = []
 
     def advance(made, most):
