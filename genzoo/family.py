@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from genzoo.core.graphs import StepGraph, run_steps, window_index
 from genzoo.core.model import Model, ModelConfig, fused_adam_ok
+from genzoo.core.pipeline import Pipeline, Stage
 from genzoo.core.plugins import hookimpl
 from genzoo.core.plots import pyplot, save_figure
 from genzoo.core.sample import EventSample, ImageSample, PointSample, Sample, TextSample
@@ -35,7 +36,7 @@ from genzoo.errors import (CheckpointError, ConfigError, DataError, GenzooError,
 
 __all__ = [
     # the network
-    "Model", "ModelConfig", "fused_adam_ok",
+    "Model", "ModelConfig", "fused_adam_ok", "Pipeline", "Stage",
     # sampling
     "Sampler", "SamplerOptions", "TokenOptions", "apply_temperature_top_k", "categorical",
     "categorical_from_uniform", "uniforms", "gaussian", "frozen", "StepGraph", "run_steps", "window_index",
@@ -60,6 +61,11 @@ __all__ = [
 DOCS: dict[str, str] = {
     "Model": "Base class of every network: a typed Config, loss(batch) -> {'loss': ...}, optional "
              "training_step / log_prob / features / flops.",
+    "Pipeline": "A model of named components trained in declared stages (VQ-GAN's autoencoder, "
+                "then its prior): each component a Model in RUN/components/NAME/; override "
+                "component_config / stage_data to wire a stage to the ones before it.",
+    "Stage": "One stage of a Pipeline: Stage(name, ModelClass, preview=sampler shown while it "
+             "trains); earlier components are frozen and reachable as self.upstream[name].",
     "ModelConfig": "Base dataclass of Model.Config: every hyperparameter typed, with a default.",
     "fused_adam_ok": "True where torch's fused Adam/AdamW applies to these parameters, else None.",
     "Sampler": "Base class of a way to draw from a trained network: Options, inputs, shows, "
