@@ -312,12 +312,17 @@ def _human(n: int) -> str:
 @cli.command()
 @click.argument("name")
 def info(name: str) -> None:
-    """Show a model's registry entry: family, dataset, samplers, presets.
+    """Show a model's registry entry: family, dataset, samplers, presets; or, given a run
+    folder, what it holds (a pipeline's components with their figures).
 
     \b
-    Example:
+    Examples:
       zoo info pixelcnn
+      zoo info runs/vqgan-twemoji-20261206-101500
     """
+    if Path(name).is_dir() and ((Path(name) / "config.json").is_file() or os.sep in name):
+        _run_info(Path(name))
+        return
     reg = _registry()
     e = reg.get(name)
     fam = reg.families.get(e.family)
@@ -369,6 +374,35 @@ def plugins(ctx: click.Context, as_json: bool, check: bool) -> None:
     _print_table("genzoo plugins", ("name", "source", "version", "status", "hooks / error"),
                  [(i.name, i.source, i.version, status.get(i.status, i.status),
                    i.error or ", ".join(i.hooks)) for i in infos])
+
+
+def _run_info(path: Path) -> None:
+    from genzoo.core.run_folder import Run
+    run = Run.open(path)
+    cfg = run.read_config()
+    c = _console()
+    name = cfg.get("name", path.name) if isinstance(cfg, dict) else path.name
+    family = cfg.get("family") if isinstance(cfg, dict) else None
+    c.print(f"[bold]{name}[/bold] ({family}) — run {path}")
+    if not (path / "model_index.json").is_file():
+        c.print(f"params: {cfg.get('params')}   preset: {cfg.get('preset')}")
+        tests = [m for m in run.metrics() if m.get("split") == "test" and "error" not in m]
+        if tests:
+            c.print("test: " + ", ".join(f"{k} {v:.4g}" for k, v in tests[-1].items()
+                                         if isinstance(v, float)))
+        return
+    from genzoo.core.stages import describe
+    rows = describe(path)
+    table = []
+    for r in rows:
+        test = r.get("test") or {}
+        figures = ", ".join(f"{k} {v:.4g}" for k, v in test.items() if isinstance(v, float))
+        table.append((r["component"], r.get("class", ""), f"{r['params']:,}" if r.get("params")
+                      else "-", r["state"] + (f" (from {r['from']})" if r.get("from") else ""),
+                      f"{r['train_loss']:.4g}" if isinstance(r.get("train_loss"), float) else "-",
+                      figures or r.get("error", "-")))
+    _print_table("components, in stage order",
+                 ("component", "class", "params", "state", "train loss", "test"), table)
 
 
 def _check_plugins(ctx: click.Context, reg: Any) -> None:
@@ -467,6 +501,9 @@ _train_options = [
     click.option("--data-root", help="Where downloads are cached (default $GENZOO_DATA or ~/.cache/genzoo/data)."),
     click.option("--out", type=click.Path(), help="Run folder (default runs/NAME-TIMESTAMP)."),
     click.option("--no-progress", is_flag=True, help="No progress bar."),
+    click.option("--stage", help="Pipelines: the first stage to train anew (with --from RUN)."),
+    click.option("--from", "source", type=click.Path(), help="Pipelines: take the stages before "
+                 "--stage from this finished run (by path and weight hash; nothing is copied)."),
 ]
 
 
@@ -479,9 +516,12 @@ def train_options(f: Any) -> Any:
 def _do_train(name: str | None, preset: str, sets: tuple[str, ...], steps: int | None,
               epochs: float | None, batch_size: int | None, device: str | None, seed: int | None,
               data_name: str | None, data_root: str | None, out: str | None, no_progress: bool,
-              resume: str | None) -> Any:
+              resume: str | None, stage: str | None = None, source: str | None = None) -> Any:
     from genzoo import api
     if resume:
+        if stage or source:
+            raise click.UsageError("--resume continues a run where it stopped; --stage/--from "
+                                   "start a new one")
         if sets or data_name or epochs or batch_size or seed is not None:
             raise click.UsageError("--resume continues a run as configured; only --steps and "
                                    "--device may change")
@@ -497,7 +537,8 @@ def _do_train(name: str | None, preset: str, sets: tuple[str, ...], steps: int |
                                         "train.seed": seed, "data.root": data_root},
                                **_data_option(data_name))
         _writing(out or "runs")
-        run = api.train(name, preset, overrides, out=out, progress=not no_progress)
+        run = api.train(name, preset, overrides, out=out, progress=not no_progress, stage=stage,
+                        source=source)
     return run
 
 
@@ -518,6 +559,7 @@ def train(name: str | None, nproc: int | None, **kw: Any) -> None:
       zoo train vae-faces --data folder:~/pictures/faces
       zoo train --resume runs/pixelcnn-20261125-101500 --steps 3000
       zoo train pixelcnn --nproc 2            # two processes (torchrun --standalone)
+      zoo train vqgan-twemoji --stage prior --from runs/vqgan-twemoji-20261206-101500
     """
     if nproc is not None:
         _launch(name, nproc, kw)
@@ -585,7 +627,13 @@ def _report(run: Any, paths: list[Path] | None = None, out: Any = None) -> None:
     tests = [m for m in run.metrics() if m.get("split") == "test"]
     c = _console()
     c.print(f"run:      {run.path}")
-    c.print(f"weights:  {run.weights_path}")
+    if (run.path / "model_index.json").is_file():  # a pipeline: a folder per component
+        from genzoo.core.stages import describe
+        for row in describe(run.path):
+            where = f" (from {row['from']})" if row.get("from") else ""
+            c.print(f"stage:    {row['component']}: {row['state']}{where}")
+    else:
+        c.print(f"weights:  {run.weights_path}")
     if tests and "loss" in tests[-1]:
         extra = ", ".join(f"{k} {v:.4g}" for k, v in tests[-1].items()
                           if k not in ("step", "split") and isinstance(v, float))
@@ -594,7 +642,8 @@ def _report(run: Any, paths: list[Path] | None = None, out: Any = None) -> None:
         c.print(f"samples:  {p}")
     if out is not None:
         _preview(out)
-    c.print(f"loss:     {run.path / 'loss.png'}")
+    if not (run.path / "model_index.json").is_file():
+        c.print(f"loss:     {run.path / 'loss.png'}")
 
 
 def _preview(out: Any) -> None:

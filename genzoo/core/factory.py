@@ -18,6 +18,7 @@ from typing import Any
 from genzoo.core import config as configlib
 from genzoo.core.artifacts import load_artifacts
 from genzoo.core.data_config import DataConfig
+from genzoo.core.pipeline import is_pipeline
 from genzoo.core.registry import FamilyEntry, ModelEntry, SECTIONS, registry
 from genzoo.core.tensors import load_weights
 from genzoo.core.train_config import TrainConfig, validate_train
@@ -71,6 +72,92 @@ class Plan:
     train: TrainConfig
     data: DataConfig
     sampler: str | None
+    #: pipelines only: per stage, {"model": overrides, "train": TrainConfig} (the flat ``train``
+    #: above is what every stage shares); None for a single network
+    stages: dict[str, dict[str, Any]] | None = None
+
+
+def split_pipeline_overrides(overrides: dict[str, Any], cls: Any) -> dict[str, Any]:
+    """``split_overrides`` for a pipeline: ``STAGE.KEY`` goes to that stage's model or train
+    config (``prior.layers=4``, ``autoencoder.steps=500``); a flat train or data key applies to
+    every stage; a flat model key goes to the one stage whose config has it (else it asks for
+    the stage prefix). Returns ``{"model": {stage: {...}}, "train": {..., stage: {...}},
+    "data": {...}}``."""
+    stage_fields = {s.name: configlib.field_names(s.model.Config) for s in cls.stages}
+    train_fields = configlib.field_names(TrainConfig)
+    data_fields = configlib.field_names(DataConfig)
+    out: dict[str, Any] = {"model": {n: {} for n in stage_fields}, "train": {}, "data": {}}
+    for key, value in overrides.items():
+        head, dot, short = key.partition(".")
+        if dot and head in stage_fields:
+            if short in stage_fields[head]:
+                out["model"][head][short] = value
+            elif short in train_fields:
+                out["train"].setdefault(head, {})[short] = value
+            else:
+                raise ConfigError(f"unknown key {short!r} for stage {head!r}; valid: "
+                                  f"{', '.join(stage_fields[head])}; or a train key: "
+                                  f"{', '.join(train_fields)}")
+            continue
+        if dot and head in ("train", "data"):
+            key = short
+            if short not in (train_fields if head == "train" else data_fields):
+                raise ConfigError(f"unknown {head} key {short!r}; valid {head} keys: "
+                                  f"{', '.join(train_fields if head == 'train' else data_fields)}")
+        elif dot and head == "model":
+            key = short
+        elif dot:
+            raise ConfigError(f"unknown config section or stage {head!r} in {key!r}; valid: "
+                              f"{', '.join([*stage_fields, 'train', 'data'])}")
+        if key in train_fields:
+            out["train"][key] = value
+        elif key in data_fields:
+            out["data"][key] = value
+        else:
+            owners = [n for n, names in stage_fields.items() if key in names]
+            if len(owners) == 1:
+                out["model"][owners[0]][key] = value
+            elif owners:
+                raise ConfigError(f"config key {key!r} exists in stages {' and '.join(owners)}; "
+                                  f"write {owners[0]}.{key}=... to choose")
+            else:
+                every = sorted({n for names in stage_fields.values() for n in names}
+                               | set(train_fields) | set(data_fields))
+                close = difflib.get_close_matches(key, every, 3)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise ConfigError(f"unknown config key {key!r}{hint}; stages: "
+                                  f"{', '.join(stage_fields)} (write STAGE.KEY=...)")
+    return out
+
+
+def _pipeline_sections(name: str, cls: Any, base: dict[str, dict[str, Any]],
+                       user: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Merge a pipeline entry's sections with the user's overrides; returns the shared train
+    dict and, per stage, its model overrides and its TrainConfig (shared keys, then the
+    stage's own). Every key is checked here, before anything is built."""
+    names = cls.stage_names()
+    for section in ("model", "train"):
+        extra = [k for k, v in base[section].items() if isinstance(v, dict) and k not in names]
+        if section == "model":
+            extra += [k for k in base["model"] if k not in names]
+        if extra:
+            raise ConfigError(f"{name}: {section} section names {extra[0]!r}, not a stage of "
+                              f"{cls.__name__}; its stages: {', '.join(names)}")
+    # the entry's shared keys < its per-stage keys < the user's shared keys (--steps 10 sets
+    # every stage) < the user's per-stage keys (--set prior.steps=10)
+    base_shared = {k: v for k, v in base["train"].items() if k not in names}
+    user_shared = {k: v for k, v in user["train"].items() if k not in names}
+    shared = {**base_shared, **user_shared}
+    stages: dict[str, dict[str, Any]] = {}
+    for s in cls.stages:
+        model = {**(base["model"].get(s.name) or {}), **user["model"].get(s.name, {})}
+        configlib.build(s.model.Config, model, what=f"{s.name} config")
+        own = {**base_shared, **(base["train"].get(s.name) or {}), **user_shared,
+               **user["train"].get(s.name, {})}
+        train = configlib.build(TrainConfig, own, what=f"{s.name} train")
+        validate_train(train)
+        stages[s.name] = {"model": model, "train": train}
+    return shared, stages
 
 
 def plan(name: str, preset: str = "quick", overrides: dict[str, Any] | None = None) -> Plan:
@@ -79,13 +166,22 @@ def plan(name: str, preset: str = "quick", overrides: dict[str, Any] | None = No
     family = reg.get_family(entry.family)
     model_cls = family.model_class()
     base = entry.resolved(preset)
-    user = split_overrides(dict(overrides or {}), model_cls)
-    for section in SECTIONS:
-        base[section] = {**base[section], **user[section]}
+    stages = None
+    if is_pipeline(model_cls):
+        user = split_pipeline_overrides(dict(overrides or {}), model_cls)
+        base["data"] = {**base["data"], **user["data"]}
+        shared, stages = _pipeline_sections(entry.name, model_cls, base, user)
+        base["train"] = shared
+        base["model"] = {n: st["model"] for n, st in stages.items()}
+    else:
+        user = split_overrides(dict(overrides or {}), model_cls)
+        for section in SECTIONS:
+            base[section] = {**base[section], **user[section]}
     train = configlib.build(TrainConfig, base["train"], what="train")
     validate_train(train)
     data = configlib.build(DataConfig, base["data"], what="data")
-    configlib.build(model_cls.Config, base["model"], what=f"{entry.family} model")
+    if stages is None:
+        configlib.build(model_cls.Config, base["model"], what=f"{entry.family} model")
     spec = reg.get_dataset(data.name)
     wants = getattr(model_cls, "modality", "image")
     if spec.modality != wants and spec.source == "folder":
@@ -104,10 +200,28 @@ def plan(name: str, preset: str = "quick", overrides: dict[str, Any] | None = No
         raise ConfigError(f"data option {image_only[0]!r} applies to images, but {entry.name} "
                           f"trains on {spec.modality} ({data.name}); drop it")
     return Plan(entry, family, model_cls, preset, base["model"], train, data,
-                entry.sampler or family.default_sampler)
+                entry.sampler or family.default_sampler, stages)
+
+
+def build_component(p: Plan, name: str, data: Any | None, upstream: dict[str, Any]) -> Any:
+    """Stage `name`'s component of a pipeline plan: its config derived from the data and the
+    earlier components (``Pipeline.component_config``), then the preset's and the user's."""
+    cls = p.model_cls.stage(name).model
+    derived = p.model_cls.component_config(name, data, upstream) if data is not None else {}
+    cfg = configlib.build(cls.Config, {**derived, **p.stages[name]["model"]},
+                          what=f"{p.entry.family} {name} config")
+    return cls(cfg)
 
 
 def build_model(p: Plan, data: Any | None) -> Any:
+    if p.stages is not None:  # a pipeline, all components untrained (create_model)
+        from genzoo.core.pipeline import Upstream
+        built: dict[str, Any] = {}
+        for s in p.model_cls.stages:
+            earlier = dict(built)
+            built[s.name] = build_component(p, s.name, data, earlier)
+            built[s.name].upstream = Upstream(earlier)
+        return p.model_cls(built)
     derived = p.model_cls.config_from_data(data) if data is not None else {}
     cfg = configlib.build(p.model_cls.Config, {**derived, **p.model}, what=f"{p.entry.family} model")
     return p.model_cls(cfg)

@@ -79,13 +79,16 @@ class Pipeline(Model):
     likelihood_unit: ClassVar[str | None] = None
 
     def __init__(self, components: dict[str, Model]):
+        """`components` by stage name; while an early stage trains, the later ones are not
+        there yet (its preview sampler must not need them)."""
         nn.Module.__init__(self)
         names = self.stage_names()
-        missing = [n for n in names if n not in components]
-        if missing:
-            raise ConfigError(f"{type(self).__name__} needs the component(s) {', '.join(missing)}")
-        self.config = {n: components[n].config for n in names}
-        self.parts = nn.ModuleDict({n: components[n] for n in names})
+        unknown = [n for n in components if n not in names]
+        if unknown:
+            raise ConfigError(f"{type(self).__name__} has no stage {unknown[0]!r}; its stages: "
+                              f"{', '.join(names)}")
+        self.config = {n: components[n].config for n in names if n in components}
+        self.parts = nn.ModuleDict({n: components[n] for n in names if n in components})
 
     def __getattr__(self, name: str) -> Any:
         modules = self.__dict__.get("_modules", {})
@@ -140,6 +143,7 @@ def bind(component: Model, upstream: dict[str, Model]) -> None:
     stay in eval mode (dropout off, batch norm statistics fixed) while it trains."""
     for m in upstream.values():
         m.requires_grad_(False)
+        m.zero_grad(set_to_none=True)  # its own last step's gradients: memory, and confusing
         m.eval()
     component.upstream = Upstream(upstream)
 
