@@ -146,6 +146,20 @@ class Model(nn.Module):
     def has_features(cls) -> bool:
         return cls.features is not Model.features
 
+    def export_module(self) -> tuple[nn.Module, tuple[torch.Tensor, ...], dict[str, Any]]:
+        """The network people deploy, for ``zoo export`` (ONNX, torch.export): a GAN
+        generator or a decoder (z -> image), a denoiser step, a language model step (tokens ->
+        logits), a classifier (image -> logits). Returns ``(module, example_inputs, names)``:
+        `module` in eval mode taking `example_inputs` (tensors, batch first); `names` holds
+        ``inputs`` and ``outputs`` (lists of names), optionally ``dynamic``
+        (``{input: {dim: label}}``; default: dim 0 of every input is the batch) and ``what``
+        (one line saying what it computes, in which units)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no exportable network")
+
+    @classmethod
+    def can_export(cls) -> bool:
+        return cls.export_module is not Model.export_module
+
     def flops(self, batch: dict[str, torch.Tensor]) -> int | None:
         """Analytic FLOPs of one training step (forward + backward) on `batch`, for benchmarks'
         model FLOPs utilisation (nanoGPT's 6N + attention for a transformer): ``zoo bench``

@@ -51,8 +51,8 @@ def register_writers(register: Callable[..., None]) -> None:
 
 @hookimpl
 def register_commands(cli: Any) -> None:
-    """The latent-space tools (zoo reconstruct / interpolate / latent-plot / attribute), added
-    the way any plugin adds commands."""
-    from genzoo.commands.latent import COMMANDS
-    for command in COMMANDS:
+    """The latent-space tools (zoo reconstruct / interpolate / latent-plot / attribute) and
+    ``zoo export``, added the way any plugin adds commands."""
+    from genzoo.commands import export, latent
+    for command in [*latent.COMMANDS, *export.COMMANDS]:
         cli.add_command(command)

@@ -133,6 +133,16 @@ class Classifier(Model):
         c = self.config
         return c.channels, c.image_size, c.image_size
 
+    def export_module(self) -> tuple[nn.Module, tuple[torch.Tensor, ...], dict[str, Any]]:
+        """``zoo export``: images in [0, 1] (B, C, H, W) -> class logits (B, num_classes)."""
+        x = torch.rand((2, *self.image_shape()), generator=torch.Generator().manual_seed(0))
+        c, h, w = self.image_shape()
+        names = ", ".join(self.config.class_names) or f"{self.config.num_classes} classes"
+        return self.eval(), (x.to(self.device),), {
+            "inputs": ["image"], "outputs": ["logits"],
+            "what": f"classifier: images (B, {c}, {h}, {w}) in [0, 1] -> logits "
+                    f"(B, {self.config.num_classes}) over {names}"}
+
     # -- zoo eval -----------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, data: Any, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:

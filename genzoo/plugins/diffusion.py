@@ -313,6 +313,23 @@ class DiffusionModel(Model):
         return {"loss": mae if self.config.loss == "mae" else mse,
                 "mae": mae.detach(), "mse": mse.detach()}
 
+    def export_module(self) -> tuple[nn.Module, tuple[torch.Tensor, ...], dict[str, Any]]:
+        """``zoo export``: one deterministic DDIM step (eta = 0), the loop a runtime drives."""
+        g = torch.Generator().manual_seed(0)
+        n = 2
+        noisy = gaussian(g, (n, *self.image_shape()), self.data_mean.device)
+        levels = level_sequence(self.schedule_length, 20)[:2]  # the first step of 20
+        rates = [r.flatten() for lv in levels
+                 for r in self.rates(torch.full((n,), lv, dtype=torch.long))]
+        c, h, w = self.image_shape()
+        return DDIMStep(self).eval(), (noisy, *rates), {
+            "inputs": ["x", "noise_rate", "signal_rate", "next_noise_rate", "next_signal_rate"],
+            "outputs": ["next_x", "image"],
+            "what": f"one DDIM step (eta 0): x (B, {c}, {h}, {w}) at noise/signal rates (B,) -> "
+                    "x at the next rates, and the clean-image prediction in [0, 1]; start from "
+                    "x ~ N(0, I) at the rates of level T, rates from the run's "
+                    f"{self.config.noise_schedule} schedule ({self.schedule_length} levels)"}
+
     # -- latent protocol (genzoo.nn.latent) ----------------------------------------------------
     @property
     def latent_dim(self) -> int:
@@ -333,6 +350,23 @@ class DiffusionModel(Model):
 
 
 # -- samplers -----------------------------------------------------------------------------------
+
+class DDIMStep(nn.Module):
+    """``reverse_diffusion``'s deterministic step as a module (``zoo export``): the U-Net, the
+    update x_t' = s' x0_hat + n' eps_hat, and the data statistics to show x0_hat in [0, 1]."""
+
+    def __init__(self, model: DiffusionModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, noise_rate: torch.Tensor, signal_rate: torch.Tensor,
+                next_noise_rate: torch.Tensor, next_signal_rate: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        n, s, n2, s2 = (r.view(-1, 1, 1, 1) for r in
+                        (noise_rate, signal_rate, next_noise_rate, next_signal_rate))
+        pred_noise, pred_images = self.model.denoise(x, n, s)
+        return s2 * pred_images + n2 * pred_noise, self.model.denormalise(pred_images)
+
 
 def level_sequence(timesteps: int, steps: int) -> list[int]:
     """`steps` + 1 integer noise levels from T down to 0, evenly spaced (the book's

@@ -259,6 +259,39 @@ class GAN(Model):
         # the global RNG: it is checkpointed, so a resumed run draws the same z
         return torch.randn(n, self.latent_dim, device=device)
 
+    # -- zoo export ---------------------------------------------------------------------------
+    def export_module(self) -> tuple[nn.Module, tuple[torch.Tensor, ...], dict[str, Any]]:
+        """The generator as deployed: z (B, z_dim) [, labels (B,)] -> images in [0, 1]."""
+        z = gaussian(torch.Generator().manual_seed(0), (2, self.latent_dim), self.device)
+        c, h, w = self.image_shape()
+        what = f"generator: z (B, {self.latent_dim}) ~ N(0, I) -> images (B, {c}, {h}, {w}) in [0, 1]"
+        if not self.num_classes:
+            return ExportGenerator(self).eval(), (z,), {"inputs": ["z"], "outputs": ["image"],
+                                                        "what": what}
+        label = torch.arange(2, device=self.device) % self.num_classes
+        return ExportGenerator(self).eval(), (z, label), {
+            "inputs": ["z", "label"], "outputs": ["image"],
+            "what": what.replace(") ~ N(0, I)", f") ~ N(0, I) and class labels (B,) in "
+                                                f"0..{self.num_classes - 1}")}
+
+
+class ExportGenerator(nn.Module):
+    """``zoo export``'s network: the generator with its label one-hot and output scaling, so
+    a runtime needs nothing but this graph."""
+
+    def __init__(self, gan: GAN):
+        super().__init__()
+        self.generator = gan.generator
+        self.num_classes = gan.num_classes
+        if self.num_classes:  # a lookup, not F.one_hot: exporters handle indexing everywhere
+            self.register_buffer("onehot", torch.eye(self.num_classes, device=gan.device),
+                                 persistent=False)
+
+    def forward(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        if self.num_classes:
+            z = torch.cat([z, self.onehot[label].to(z.dtype)], dim=1)
+        return ((self.generator(z) + 1) / 2).clamp(0, 1)
+
 
 class DCGAN(GAN):
     """Foster's DCGAN on LEGO bricks (64x64 grayscale, z=100)."""

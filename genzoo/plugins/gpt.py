@@ -169,6 +169,18 @@ class GPT(Model):
             weights.append(w)
         return self.head(self.ln_f(x))[:, 0], weights
 
+    def export_module(self) -> tuple[nn.Module, tuple[torch.Tensor, ...], dict[str, Any]]:
+        """``zoo export``: token ids (B, T), T <= context -> next-token logits (B, T, vocab)."""
+        c = self.config
+        T = min(8, c.context)
+        ids = torch.randint(0, c.vocab, (2, T), generator=torch.Generator().manual_seed(0))
+        return ExportLogits(self).eval(), (ids.to(self.device),), {
+            "inputs": ["tokens"], "outputs": ["logits"],
+            "dynamic": {"tokens": {0: "batch", 1: ["sequence", c.context]}},
+            "what": f"GPT: token ids (B, T), T <= {c.context} -> next-token logits "
+                    f"(B, T, {c.vocab}) at every position (the run's tokenizer: "
+                    "artifacts.json)"}
+
     def targets(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets of token rows (B, T+1). Padding is ignored in the loss, except the
         first pad after a document: it is the end-of-text token, so sampling knows when to stop."""
@@ -210,6 +222,17 @@ class GPT(Model):
         """Training FLOPs of a step on token rows (B, T + 1): B * T tokens of T positions."""
         B, T = batch["x"].shape[0], batch["x"].shape[1] - 1
         return self.flops_per_token(T) * T * B
+
+
+class ExportLogits(nn.Module):
+    """The GPT's forward without caches or attention weights: what ``zoo export`` writes."""
+
+    def __init__(self, gpt: GPT):
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.gpt(tokens)[0]
 
 
 def _drop_tied_head(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:

@@ -107,6 +107,22 @@ class LSTMLanguageModel(Model):
         h, state = self.hidden_states(ids, state)
         return self.head(h), state
 
+    def export_module(self) -> tuple[nn.Module, tuple[torch.Tensor, ...], dict[str, Any]]:
+        """``zoo export``: one step, token ids (B,) and the state -> logits (B, V), new state."""
+        c = self.config
+        ids = torch.randint(0, c.vocab_size, (2,), generator=torch.Generator().manual_seed(0))
+        g = torch.Generator().manual_seed(1)
+        states = [0.1 * torch.randn(c.layers, 2, c.hidden_size, generator=g)
+                  for _ in range(2 if c.cell == "lstm" else 1)]
+        names = ["h", "c"] if c.cell == "lstm" else ["h"]
+        dev = self.head.weight.device
+        return ExportStep(self).eval(), tuple(t.to(dev) for t in (ids, *states)), {
+            "inputs": ["token", *names], "outputs": ["logits", *(f"next_{n}" for n in names)],
+            "dynamic": {"token": {0: "batch"}, **{n: {1: "batch"} for n in names}},
+            "what": f"{c.cell.upper()} step: token ids (B,) and state {', '.join(names)} "
+                    f"({c.layers}, B, {c.hidden_size}) (zeros to start) -> next-token logits "
+                    f"(B, {c.vocab_size}) and the next state (the run's tokenizer: artifacts.json)"}
+
     def step(self, ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
         """One token per row (B,) -> next-token logits (B, V) and the new state: the same
         recurrence as ``forward``, one fused cell per layer (``torch.lstm_cell``, what
@@ -163,6 +179,20 @@ class LSTMLanguageModel(Model):
 
     def likelihood_units(self, batch: dict[str, torch.Tensor]) -> int:
         return int(self._targets(batch)[2].sum())
+
+
+class ExportStep(nn.Module):
+    """``LSTMLanguageModel.step`` with the state as separate tensors: what ``zoo export``
+    writes (the recurrent layer on one time step, which exporters know as one op)."""
+
+    def __init__(self, model: LSTMLanguageModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, token: torch.Tensor, h: torch.Tensor,
+                c: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        logits, new = self.model(token[:, None], h if c is None else (h, c))
+        return (logits[:, 0], *(new if isinstance(new, tuple) else (new,)))
 
 
 # -- sampling ---------------------------------------------------------------------------------

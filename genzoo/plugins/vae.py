@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -169,6 +169,15 @@ class _ConvLatentModel(Model):
         """Latent points (n, latent_dim) -> images in [0, 1]."""
         return torch.sigmoid(self.decoder(z).float())
 
+    def export_module(self) -> tuple[nn.Module, tuple[torch.Tensor, ...], dict[str, Any]]:
+        """``zoo export``: the decoder, z (B, latent_dim) -> images in [0, 1]."""
+        z = gaussian(torch.Generator().manual_seed(0), (2, self.latent_dim), self.embed_mean.device)
+        c, h, w = self.image_shape()
+        return ExportDecoder(self.decoder).eval(), (z,), {
+            "inputs": ["z"], "outputs": ["image"],
+            "what": f"decoder: latent points z (B, {self.latent_dim}) -> images (B, {c}, {h}, {w}) "
+                    "in [0, 1] (pixel means)"}
+
     def recon_error(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-example mean per-pixel BCE or MSE: the term the book weights by beta."""
         logits = logits.float()
@@ -201,6 +210,17 @@ class _ConvLatentModel(Model):
         scale = torch.linalg.cholesky(cov).float()
         eps = gaussian(generator, (n, self.latent_dim), self.embed_mean.device)
         return self.embed_mean + eps @ scale.T
+
+
+class ExportDecoder(nn.Module):
+    """The decoder with its sigmoid: what ``zoo export`` writes for an autoencoder or VAE."""
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decoder(z))
 
 
 # -- autoencoder ------------------------------------------------------------------------------
