@@ -271,3 +271,23 @@ def test_cli_info_lists_components_and_refuses_bad_stage(toy, tmp_path):
                                    str(run.path), "--out", str(tmp_path / "x")])
     assert res.exit_code != 0 and "no stage 'bogus'" in res.output
     assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_eval_and_bench_see_every_component(toy, tmp_path):
+    from genzoo.core.bench import bench_model
+    from genzoo.core.metrics import evaluate
+    run = api.train("toy-ring", progress=False, out=tmp_path / "run")
+    assert json.loads((run.path / "config.json").read_text())["params"] == 6 + 6 + 4
+    ev = evaluate(str(run.path), metrics=("loss",))
+    logged = [json.loads(line) for line in
+              (run.path / "components/enc/metrics.jsonl").read_text().splitlines()]
+    test = [m for m in logged if m.get("split") == "test"][-1]
+    assert {"enc/loss", "prior/loss"} <= set(ev)
+    assert ev["enc/loss"] == pytest.approx(test["loss"], rel=1e-5)  # the same split and weights
+    records = bench_model("toy-ring", preset="quick", repeats=1, steps_per_repeat=2, n_samples=4)
+    names = {(r["model"], r["metric"]) for r in records}
+    assert ("toy-ring/enc", "train_throughput") in names
+    assert ("toy-ring/prior", "train_throughput") in names
+    assert ("toy-ring", "sample_latency") in names
+    from_run = bench_model(None, run=str(run.path), repeats=1, steps_per_repeat=2, n_samples=4)
+    assert any(r["model"] == "toy-ring/prior" for r in from_run)

@@ -78,9 +78,15 @@ def plan_from_run(path: str, device: str) -> Any:
     train = configlib.build(TrainConfig, {**run_field(cfg, "train", where, dict), "device": device},
                             what="train")
     data = configlib.build(DataConfig, run_field(cfg, "data", where, dict), what="data")
+    stages = None
+    if isinstance(cfg.get("components"), dict):  # a pipeline: each stage's own train config
+        stages = {n: {"model": c.get("model") or {},
+                      "train": configlib.build(TrainConfig, {**(c.get("train") or {}),
+                                                             "device": device}, what=f"{n} train")}
+                  for n, c in cfg["components"].items() if isinstance(c, dict)}
     return Plan(registry().get(run_field(cfg, "name", where, str)), family, family.model_class(),
-                cfg.get("preset", "?"), run_field(cfg, "model", where, dict), train, data,
-                cfg.get("sampler"))
+                cfg.get("preset", "?"), cfg.get("model") or {} if stages else
+                run_field(cfg, "model", where, dict), train, data, cfg.get("sampler"), stages)
 
 
 def _proc_status_mb(field: str) -> float | None:
@@ -122,7 +128,6 @@ def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: i
     """`run`: bench the model of a run folder (its config; its trained weights for sampling)."""
     from genzoo.core.factory import build_from_config, build_model, plan
     from genzoo.core.registry import registry
-    from genzoo.core.sampler import draw
     dev = pick_device(device)
     p = plan_from_run(run, device) if run else plan(name, preset, {"train.device": device})
     name, preset = p.entry.name, p.preset
@@ -130,6 +135,9 @@ def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: i
     p.train.batch_size = bs
     data = bench_data(p, bs)
     torch.manual_seed(0)
+    if p.stages is not None:
+        return _bench_pipeline(p, name, preset, bs, data, dev, repeats, n_samples,
+                               steps_per_repeat, run)
     if run:  # the run's network with its weights and artifacts, as load_run rebuilds it
         from genzoo.core.run_folder import Run
         r = Run.open(run)
@@ -138,15 +146,59 @@ def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: i
         model = build_model(p, data)
         model.setup(data)
     model.to(dev)
-    out: list[dict[str, Any]] = []
     setting = f"preset={preset} batch={bs} params={model.num_params()}"
+    out, ctx = _bench_training(name, dev, setting, model, data, p.train, bs, repeats,
+                               steps_per_repeat)
+    out += _bench_sampling(name, dev, model, registry().get_family(p.entry.family), n_samples,
+                           repeats)
+    return _stamp(out, ctx, p.train.amp, run)
+
+
+def _bench_pipeline(p: Any, name: str, preset: str, bs: int, data: Any, dev: torch.device,
+                    repeats: int, n_samples: int, steps_per_repeat: int,
+                    run: str | None) -> list[dict[str, Any]]:
+    """A pipeline: each stage's component trained on its own stage's data (the earlier ones
+    frozen, as in training), records named MODEL/STAGE; then the whole pipeline's samplers."""
+    from genzoo.core.factory import build_model
+    from genzoo.core.pipeline import bind
+    from genzoo.core.registry import registry
+    if run:
+        from genzoo.core.stages import load
+        pipeline = load(run, ema=True, device="cpu").model
+    else:
+        pipeline = build_model(p, data)
+    pipeline.to(dev)
+    out: list[dict[str, Any]] = []
+    upstream: dict[str, Any] = {}
+    ctx = None
+    for stage in p.model_cls.stages:
+        component = pipeline.parts[stage.name]
+        bind(component, upstream)
+        stage_data = p.model_cls.stage_data(stage.name, data, upstream)
+        cfg = p.stages[stage.name]["train"]
+        cfg.batch_size, cfg.device = bs, str(dev)
+        setting = f"preset={preset} stage={stage.name} batch={bs} params={component.num_params()}"
+        records, ctx = _bench_training(f"{name}/{stage.name}", dev, setting, component,
+                                       stage_data, cfg, bs, repeats, steps_per_repeat)
+        out += records
+        upstream[stage.name] = component.eval()
+    out += _bench_sampling(name, dev, pipeline, registry().get_family(p.entry.family),
+                           n_samples, repeats)
+    return _stamp(out, ctx, p.train.amp, run)
+
+
+def _bench_training(name: str, dev: torch.device, setting: str, model: Any, data: Any,
+                    train_cfg: TrainConfig, bs: int, repeats: int,
+                    steps_per_repeat: int) -> tuple[list[dict[str, Any]], Any]:
+    """The bare training step, the full trainer loop, FLOPs and MFU of one network."""
+    out: list[dict[str, Any]] = []
 
     # bare step: the model's own training_step, no loop around it
     from genzoo.core.batching import StepBatches, batch_to_device
     batches = StepBatches(data, bs, 0)
     cached = [batch_to_device(data, batches(i), dev) for i in range(min(4, batches.per_epoch))]
-    optimizers = model.configure_optimizers(p.train)
-    ctx = StepContext(dev, p.train.amp, p.train.grad_clip)
+    optimizers = model.configure_optimizers(train_cfg)
+    ctx = StepContext(dev, train_cfg.amp, train_cfg.grad_clip)
     model.train()
 
     def steps() -> None:
@@ -177,7 +229,7 @@ def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: i
     def loop() -> None:
         with tempfile.TemporaryDirectory() as d:
             from genzoo.core.run_folder import Run
-            cfg = TrainConfig(**{**vars(p.train), "steps": steps_per_repeat, "sample_every": 0,
+            cfg = TrainConfig(**{**vars(train_cfg), "steps": steps_per_repeat, "sample_every": 0,
                                  "checkpoint_every": 10**9, "log_every": steps_per_repeat})
             trainer = Trainer(model, data, cfg, Run.create(name, d + "/run"), None, progress=False)
             trainer.fit(stop_after=steps_per_repeat)
@@ -203,8 +255,15 @@ def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: i
         out.append(record(name, dev, "mfu", f"{setting} analytic FLOPs (Model.flops) / matmul peak",
                           [analytic / t / peak_flops for t in step_times], "fraction"))
 
+    return out, ctx
+
+
+def _bench_sampling(name: str, dev: torch.device, model: Any, family: Any, n_samples: int,
+                    repeats: int) -> list[dict[str, Any]]:
+    """Latency per sample of every sampler of the family."""
+    from genzoo.core.sampler import draw
+    out: list[dict[str, Any]] = []
     model.eval()
-    family = registry().get_family(p.entry.family)
     for sname in family.samplers:
         cls = family.sampler_class(sname)
         variants = [("", {})]
@@ -220,8 +279,12 @@ def bench_model(name: str, preset: str = "book", device: str = "cpu", repeats: i
             times = [first] + timeit(one, reps - 1, 0, dev)
             out.append(record(name, dev, "sample_latency", f"sampler={sname}{label} n={n_samples}",
                               [t / n_samples for t in times], "s/sample"))
+    return out
+
+
+def _stamp(out: list[dict[str, Any]], ctx: Any, amp: Any, run: str | None) -> list[dict[str, Any]]:
     precision = (str(ctx.dtype).replace("torch.", "") + " autocast" if ctx.dtype else "fp32") \
-        + f" (amp={p.train.amp})"
+        + f" (amp={amp})"
     for r in out:
         r["precision"] = precision
         if run:

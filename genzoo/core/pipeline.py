@@ -130,6 +130,38 @@ class Pipeline(Model):
         (reconstruction error, codebook usage...): JSON-able values."""
         return {}
 
+    def evaluation_step(self, batch: dict[str, Any]) -> dict[str, Any]:
+        # the pipeline's data is not every component's: each one's loss is reported by
+        # evaluate_extra on its own stage's data
+        return {}
+
+    def evaluate_extra(self, data: Any, out_dir: Any = None) -> dict[str, Any]:
+        """Each component's held-out loss terms on its stage's data (``STAGE/KEY``), then the
+        family's ``figures``."""
+        import torch
+
+        from genzoo.core.batching import batches
+        out: dict[str, Any] = {}
+        upstream: dict[str, Model] = {}
+        for s in self.stages:
+            if s.name not in self.parts:
+                break
+            component = self.parts[s.name]
+            stage_data = type(self).stage_data(s.name, data, upstream)
+            totals: dict[str, float] = {}
+            n = 0
+            with torch.no_grad():
+                for batch in batches(stage_data, 256, self.device):
+                    b = int(next(iter(batch.values())).shape[0])
+                    for k, v in component.evaluation_step(batch).items():
+                        if isinstance(v, torch.Tensor) and v.numel() == 1:
+                            totals[k] = totals.get(k, 0.0) + float(v) * b
+                    n += b
+            out.update({f"{s.name}/{k}": v / max(n, 1) for k, v in totals.items()})
+            upstream[s.name] = component
+        out.update(self.figures(data))
+        return out
+
     def num_params(self) -> int:
         return sum(c.num_params() for c in self.parts.values())
 

@@ -371,6 +371,15 @@ def _finish_stage(run: Run, spec: Spec, name: str, trainer: Trainer,
         loss_curve(comp)
     except Exception:
         pass
+    # the run's parameter count (the leaderboard's column): the components trained so far
+    total = 0
+    for other in spec.cls.stage_names():
+        folder = resolve(run.path, other)
+        if (folder / CONFIG).is_file():
+            total += int(read_json(folder / CONFIG).get("params") or 0)
+    cfg = run.read_config()
+    cfg["params"] = total
+    run.write_config(cfg)
 
 
 def load(path: str | os.PathLike, ema: bool = True, device: str = "cpu") -> LoadedRun:
