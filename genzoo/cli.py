@@ -801,13 +801,18 @@ def plot(run: str, out: str | None, keys: str | None) -> None:
 @click.option("--n-samples", type=int, help="Generated images for FID/KID (default: as many as "
               "the split has real ones).")
 @click.option("--features", help="FID/KID feature network: a classifier RUN folder, 'inception' "
-              "(local weights only) or 'auto' (default: Inception if present, else the newest CNN "
-              "classifier run on the same dataset beside RUN or in ./runs).")
+              "(torch-fidelity's InceptionV3, downloaded once into the data root) or 'auto' "
+              "(default: Inception if its weights are on disk, else a CNN classifier run on the "
+              "same dataset beside RUN or in ./runs, else the dataset's registered classifier, "
+              "trained once and cached in the data root).")
+@click.option("--data", "data_name", help="Score on this dataset instead of the run's own: a "
+              "dataset name or folder:PATH, seen through the run's transform (size, channels, "
+              "pad, tokenizer).")
 @click.option("--seed", default=0, show_default=True, help="Sampling seed for FID/KID.")
 @click.option("--json", "json_out", type=click.Path(), help="Also write the figures as JSON "
-              "(they are always saved to RUN/eval.json).")
+              "(they are always saved to RUN/eval.json, or RUN/eval-DATA.json for --data).")
 def eval_cmd(run: str, split: str, device: str, metrics: str | None, n_samples: int | None,
-             features: str | None, seed: int, json_out: str | None) -> None:
+             features: str | None, data_name: str | None, seed: int, json_out: str | None) -> None:
     """Evaluate a RUN on its dataset: its loss terms, the family's own figures (a classifier's
     accuracy and confusion matrix), NLL in the modality's units for likelihood models (bits/dim
     for images, nats/token + perplexity for text, nats/point), and FID/KID for image models.
@@ -817,21 +822,24 @@ def eval_cmd(run: str, split: str, device: str, metrics: str | None, n_samples: 
       zoo eval runs/pixelcnn-20261125-101500
       zoo eval runs/dcgan-20261125-101500 --metrics fid,kid --n-samples 500 --features runs/cnn-twemoji-1
       zoo eval runs/cnn-mnist-20261125-101500          # accuracy + RUN/confusion.png
+      zoo eval runs/pixelcnn-20261125-101500 --data mnist --split test   # a held-out test set
+      zoo eval runs/vae-faces-20261125-101500 --data folder:~/held-out-faces
     """
-    from genzoo.core.metrics import evaluate
+    from genzoo.core.metrics import eval_file, evaluate
     names = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None
     from genzoo.core.train_config import check_seed
     check_seed(seed, "--seed")
-    _writing(Path(run) / "eval.json")
+    saved = Path(run) / eval_file(data_name)
+    _writing(saved)
     result = evaluate(run, split=split, device=device, metrics=names, n_samples=n_samples,
-                      features=features, seed=seed)
+                      features=features, seed=seed, data=data_name)
     for k, v in result.items():
         if k in ("confusion_matrix", "protocol"):
             continue
         click.echo(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
     if "protocol" in result:
         click.echo(f"protocol: {result['protocol']}")
-    click.echo(f"saved:    {Path(run) / 'eval.json'}")
+    click.echo(f"saved:    {saved}")
     if json_out:
         _write_out(json_out, json.dumps(result, indent=2))
 

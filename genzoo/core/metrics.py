@@ -40,17 +40,98 @@ def log_likelihood(model: Any, data: Any, device: torch.device,
 
 
 METRICS = ("loss", "nll", "fid", "kid")
+MAX_FID_SAMPLES = 50_000  # the largest protocol in use (FID-50k)
+
+
+def eval_file(data: str | None) -> str:
+    """Where ``zoo eval`` saves its figures inside the run: ``eval.json`` for the run's own
+    dataset (what ``zoo leaderboard`` and ``zoo gallery`` read), ``eval-NAME.json`` for
+    ``--data NAME`` (``eval-folder-DIRNAME.json`` for ``folder:PATH``)."""
+    import re
+    from pathlib import Path
+    if data is None:
+        return "eval.json"
+    if data.startswith("folder:"):
+        data = "folder-" + (Path(data[len("folder:"):]).expanduser().resolve().name or "root")
+    return "eval-" + (re.sub(r"[^A-Za-z0-9._-]+", "_", data)[:80] or "data") + ".json"
+
+
+def eval_data(loaded: Any, data: str | None, split: str) -> tuple[Any, str]:
+    """The split to score: the run's own dataset, or `data` (a registry dataset name or
+    ``folder:PATH``) seen through the run's own transform: its image size, channels and pad
+    (from the model's ``image_shape`` where it has one), its text settings and tokenizer.
+    Returns the data and the dataset's name. A name that is not a dataset, or one of another
+    modality, is one line."""
+    from genzoo.core import config as configlib
+    from genzoo.core.data_config import DataConfig
+    from genzoo.core.registry import registry
+    from genzoo.core.sources import load
+    from genzoo.errors import ConfigError
+    if data is None:
+        return loaded.data(split), str(loaded.config.get("data", {}).get("name", ""))
+    model = loaded.model
+    modality = getattr(model, "modality", "image")
+    cfg = dict(loaded.config.get("data", {}))
+    reg = registry()
+    if data.startswith("folder:"):
+        path = data[len("folder:"):]
+        if not path.strip():
+            raise ConfigError("--data folder:PATH needs a PATH")
+        name = "music-folder" if modality == "events" and "music-folder" in reg.datasets \
+            else "folder"
+        cfg.update(name=name, path=path)
+    else:
+        if data not in reg.datasets:
+            fits = sorted(n for n, d in reg.datasets.items()
+                          if d.modality == modality and d.source != "folder")
+            raise ConfigError(f"unknown dataset {data!r}; for this {modality} model: "
+                              f"{', '.join(fits)}, or folder:PATH (all: `zoo data list`)")
+        cfg.update(name=data, path=None)
+    spec = reg.get_dataset(cfg["name"])
+    if spec.modality != modality:
+        raise ConfigError(f"--data {data}: {spec.name} is {spec.modality} data, but "
+                          f"{loaded.name} models {modality}")
+    cfg.update(limit=None, label=None)  # the run's subset and attribute belong to its dataset
+    shape = model.image_shape() if modality == "image" and hasattr(model, "image_shape") else None
+    if shape is not None and shape[1] == shape[2]:
+        pad = int(cfg.get("pad") or 0)
+        cfg.update(channels=int(shape[0]), size=int(shape[1]) - 2 * pad)
+    out = load(configlib.build(DataConfig, cfg, what="data"), split)
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None and getattr(out, "tokenizer", None) is not None \
+            and out.tokenizer.vocab != tok.vocab:
+        out = retokenize(out, tok)
+    k = getattr(getattr(model, "config", None), "num_classes", None)
+    classes = getattr(out, "classes", None) or []
+    if isinstance(k, int) and classes and len(classes) != k:
+        raise ConfigError(f"--data {data}: {len(classes)} classes, but {loaded.name} was trained "
+                          f"on {k}; score it on data with the same classes")
+    return out, spec.name if spec.source != "folder" else data
+
+
+def retokenize(data: Any, tok: Any) -> Any:
+    """Text rows re-encoded with the run's tokenizer (words it never saw become its [UNK];
+    characters it never saw are one line), same row length."""
+    import dataclasses
+    L = data.rows.shape[1]
+    pad = tok.pad_id if tok.pad_id is not None else 0
+    rows = torch.full((len(data), L), pad, dtype=torch.long)
+    for i, row in enumerate(data.rows.tolist()):
+        ids = tok.encode(data.tokenizer.decode(row))[:L]
+        rows[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return dataclasses.replace(data, rows=rows, tokenizer=tok)
 
 
 def evaluate(run_path: str, split: str = "test", device: str = "cpu",
              batch_size: int = 256, metrics: tuple[str, ...] | None = None,
              n_samples: int | None = None, features: str | None = None, seed: int = 0,
-             save: bool = True) -> dict[str, Any]:
+             save: bool = True, data: str | None = None) -> dict[str, Any]:
     """The run's loss terms on `split`, the family's own figures (``Model.evaluate_extra``) and
     the chosen `metrics` (default: loss and, for likelihood families, NLL; ``fid``/``kid`` for
     image families compare `n_samples` generated images with the split in the feature space
-    `features` names, see ``genzoo.core.fid``). Saved to RUN/eval.json (merged with earlier
-    results), where ``zoo leaderboard`` and ``zoo gallery`` read it."""
+    `features` names, see ``genzoo.core.fid``). `data`: score on another dataset
+    (``eval_data``). Saved to RUN/eval.json (merged with earlier results), where
+    ``zoo leaderboard`` and ``zoo gallery`` read it; another dataset's to ``eval_file(data)``."""
     from genzoo.core.runner import evaluate_loss, load_run
     from genzoo.errors import ConfigError
     wanted = tuple(metrics) if metrics else ("loss", "nll")
@@ -58,12 +139,15 @@ def evaluate(run_path: str, split: str = "test", device: str = "cpu",
     if unknown:
         raise ConfigError(f"unknown metric {unknown[0]!r}; valid: {', '.join(METRICS)}")
     loaded = load_run(run_path, device=device)
-    data = loaded.data(split)
+    spec = data
+    data, dataset = eval_data(loaded, spec, split)
     model = loaded.model
-    out: dict[str, Any] = {"run": str(loaded.path), "model": loaded.name, "split": split,
-                           "examples": len(data)}
+    out: dict[str, Any] = {"run": str(loaded.path), "model": loaded.name, "dataset": dataset,
+                           "split": split, "examples": len(data)}
     out.update({f"loss/{k}": v for k, v in evaluate_loss(model, data, model.device, batch_size).items()})
-    out.update(model.evaluate_extra(data, loaded.path))
+    # figures a family draws (a confusion matrix) go beside the run's own for another dataset
+    out.update(model.evaluate_extra(data, loaded.path if spec is None
+                                    else loaded.path / eval_file(spec).removesuffix(".json")))
     if "nll" in wanted:
         if model.has_likelihood:
             out.update(log_likelihood(model, data, model.device, batch_size))
@@ -73,10 +157,10 @@ def evaluate(run_path: str, split: str = "test", device: str = "cpu",
     sample_metrics = tuple(m for m in wanted if m in ("fid", "kid"))
     if sample_metrics:
         out.update(sample_quality(loaded, data, split, sample_metrics, n_samples, features,
-                                  seed, device))
+                                  seed, device, dataset))
     if save:
         from genzoo.core.atomic import read_json, write_json
-        path = loaded.path / "eval.json"
+        path = loaded.path / eval_file(spec)
         old = read_json(path) if path.exists() else {}
         write_json(path, {**(old if isinstance(old, dict) else {}), **out,
                           "time": __import__("time").strftime("%Y-%m-%dT%H:%M:%S")})
@@ -85,7 +169,7 @@ def evaluate(run_path: str, split: str = "test", device: str = "cpu",
 
 def sample_quality(loaded: Any, data: Any, split: str, metrics: tuple[str, ...],
                    n_samples: int | None, features: str | None, seed: int,
-                   device: str) -> dict[str, Any]:
+                   device: str, dataset: str | None = None) -> dict[str, Any]:
     """FID/KID of the run's default sampler against the split, with the protocol."""
     from pathlib import Path
 
@@ -96,9 +180,9 @@ def sample_quality(loaded: Any, data: Any, split: str, metrics: tuple[str, ...],
                           f"{getattr(loaded.model, 'modality', '?')} samples; use --metrics nll")
     real = data.images()[:10_000]
     n = n_samples or len(real)
-    if n < 2:
-        raise ConfigError(f"--n-samples must be >= 2 for FID/KID, got {n}")
-    dataset = loaded.config.get("data", {}).get("name", "")
+    if not 2 <= n <= MAX_FID_SAMPLES:
+        raise ConfigError(f"--n-samples must be 2..{MAX_FID_SAMPLES} for FID/KID, got {n}")
+    dataset = dataset or loaded.config.get("data", {}).get("name", "")
     search = [loaded.path.parent, Path("runs")]
     feats = resolve_features(features, dataset, search, device)
     chunks = []
