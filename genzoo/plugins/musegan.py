@@ -13,6 +13,18 @@ with the Wasserstein loss and gradient penalty of genzoo.nn.gan (5 critic steps,
 
 A generated roll becomes notes by an argmax over pitches at every step of every track (the book's
 binarisation); a pitch repeated over steps is one held note.
+
+Pitch range (``pitch_range: data``, the default): the network keeps the book's 84 pitches, but
+each voice may only sound the pitches its training data spans (soprano 60-81, alto 52-74, tenor
+46-69, bass 36-66 on the JSB chorales). The ranges are measured in ``setup`` and saved as the
+run's ``pitch_range`` artifact; the generator's output is -1 (silent) outside them, so neither
+the critic nor the argmax ever sees an impossible note. Runs saved without the artifact keep all
+84 pitches (``pitch_range: full`` does the same for a new run).
+
+``evaluate_extra`` (``zoo eval``) samples ``eval_n`` pieces and reports, against the split: the
+fraction of notes inside each voice's range, the mean pairwise distance between pieces over that
+of real pieces (mode collapse reads near 0), and the note-length and per-voice pitch histograms
+with their total-variation distance to the data's.
 """
 from __future__ import annotations
 
@@ -44,6 +56,8 @@ class MuseGANConfig:
     critic_width: int = 128  # book: critic 128 filters ... 256, 512, Dense(1024)
     critic_steps: int = 5  # book: CRITIC_STEPS
     gp_weight: float = 10.0  # book: GP_WEIGHT
+    pitch_range: Literal["data", "full"] = "data"  # data: each voice only its training range
+    eval_n: int = 256  # pieces zoo eval draws for the diversity and histogram figures
 
     def __post_init__(self) -> None:
         for key in ("tracks", "z_dim", "temporal_width", "bar_width", "critic_width",
@@ -55,6 +69,10 @@ class MuseGANConfig:
                              f"pitches; got {self.bars} x {self.steps} x {self.pitches}")
         if self.gp_weight < 0:
             raise ValueError(f"gp_weight must be >= 0, got {self.gp_weight}")
+        if self.pitch_range not in ("data", "full"):
+            raise ValueError(f"pitch_range must be data or full, got {self.pitch_range!r}")
+        if self.eval_n < 2:
+            raise ValueError(f"eval_n must be >= 2, got {self.eval_n}")
 
 
 class TemporalNetwork(nn.Module):
@@ -160,6 +178,11 @@ class MuseGAN(Model):
         init_weights(self, batchnorm=False)
         self.track_names = ["S", "A", "T", "B"][: config.tracks] + \
             [f"track {k}" for k in range(4, config.tracks)]
+        # (tracks, pitches) True where a voice may sound; every pitch until setup/load says
+        # otherwise. Not in the state dict: old runs' weights load unchanged.
+        self.register_buffer("pitch_mask", torch.ones(config.tracks, config.pitches,
+                                                      dtype=torch.bool), persistent=False)
+        self.pitch_range: list[list[int]] | None = None
 
     @classmethod
     def config_from_data(cls, data: Any) -> dict[str, Any]:
@@ -171,12 +194,35 @@ class MuseGAN(Model):
     def setup(self, data: Any) -> None:
         if list(getattr(data, "tracks", [])):
             self.track_names = list(data.tracks)
+        x = getattr(data, "x", None)
+        if self.config.pitch_range == "data" and x is not None and len(x):
+            self.set_pitch_range(voice_ranges(x))
+
+    def set_pitch_range(self, ranges: list[list[int]] | None) -> None:
+        """[[low, high], ...] per track (inclusive MIDI pitches), or None for all pitches."""
+        c = self.config
+        mask = torch.ones(c.tracks, c.pitches, dtype=torch.bool)
+        if ranges is not None:
+            if len(ranges) != c.tracks:
+                raise ValueError(f"pitch_range has {len(ranges)} voices, the model {c.tracks}")
+            ranges = [[int(lo), int(hi)] for lo, hi in ranges]
+            for k, (lo, hi) in enumerate(ranges):
+                if not 0 <= lo <= hi < c.pitches:
+                    raise ValueError(f"pitch_range {lo}-{hi} is outside 0-{c.pitches - 1}")
+                mask[k] = False
+                mask[k, lo: hi + 1] = True
+        self.pitch_range = ranges
+        self.pitch_mask = mask.to(self.pitch_mask.device)
 
     def artifacts(self) -> dict[str, Any]:
-        return {"tracks": self.track_names}
+        out: dict[str, Any] = {"tracks": self.track_names}
+        if self.pitch_range is not None:
+            out["pitch_range"] = self.pitch_range
+        return out
 
     def load_artifacts(self, artifacts: dict[str, Any]) -> None:
         self.track_names = list(artifacts.get("tracks", self.track_names))
+        self.set_pitch_range(artifacts.get("pitch_range"))  # absent in runs before issue 23
 
     # -- data <-> rolls --------------------------------------------------------------------------
     def roll(self, pitches: torch.Tensor) -> torch.Tensor:
@@ -190,11 +236,13 @@ class MuseGAN(Model):
         hot = hot.view(p.shape[0], c.bars, c.steps, c.tracks, c.pitches).permute(0, 3, 1, 2, 4)
         return hot * 2 - 1
 
-    @staticmethod
-    def binarise(x: torch.Tensor) -> torch.Tensor:
+    def binarise(self, x: torch.Tensor) -> torch.Tensor:
         """(B, tracks, bars, steps, pitches) -> (B, bars * steps, tracks) MIDI pitches: the
-        argmax over pitches at each step of each track (the book's binarisation)."""
+        argmax over pitches at each step of each track (the book's binarisation), over the
+        pitches each voice may sound."""
         B, K, nb, S, _ = x.shape
+        allowed = self.pitch_mask.to(x.device)[None, :, None, None, :]
+        x = x.float().masked_fill(~allowed, float("-inf"))
         return x.argmax(-1).permute(0, 2, 3, 1).reshape(B, nb * S, K)
 
     def latents(self, n: int, generator: torch.Generator | None = None,
@@ -211,7 +259,33 @@ class MuseGAN(Model):
 
     def forward(self, chords: torch.Tensor, style: torch.Tensor, melody: torch.Tensor,
                 groove: torch.Tensor) -> torch.Tensor:
-        return self.generator(chords, style, melody, groove)
+        x = self.generator(chords, style, melody, groove)
+        if self.pitch_range is None:
+            return x
+        return x.masked_fill(~self.pitch_mask[None, :, None, None, :], -1.0)  # silent outside
+
+    # -- evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_grid(self, n: int, seed: int = 0, batch: int = 256) -> torch.Tensor:
+        """(n, bars * steps, tracks) MIDI pitches of n prior samples (the default sampler's)."""
+        g = torch.Generator().manual_seed(seed)
+        out = []
+        with eval_mode(self):
+            for i in range(0, n, batch):
+                out.append(self.binarise(self(**self.latents(min(batch, n - i), g))).cpu())
+        return torch.cat(out)
+
+    def evaluate_extra(self, data: Any, out_dir: Any = None) -> dict[str, Any]:
+        """In-range notes per voice, diversity against real pieces, note-length and pitch
+        histograms against the split (see the module docstring)."""
+        real = getattr(data, "x", None)
+        if real is None or not len(real):
+            return {}
+        ranges = self.pitch_range or voice_ranges(real)
+        fake = self.generate_grid(self.config.eval_n)
+        g = torch.Generator().manual_seed(0)
+        pick = torch.randperm(len(real), generator=g)[: self.config.eval_n]
+        return grid_figures(fake, real.long(), real.long()[pick], ranges, self.track_names)
 
     # -- training ------------------------------------------------------------------------------
     def configure_optimizers(self, train: Any) -> dict[str, torch.optim.Optimizer]:
@@ -297,6 +371,82 @@ class PriorSampler(Sampler):
                           tokens=texts)
         out.extras["summary"] = out.summary()
         return out
+
+
+def voice_ranges(x: torch.Tensor) -> list[list[int]]:
+    """(N, steps, tracks) MIDI pitches (-1 = rest) -> [[lowest, highest], ...] per track."""
+    x = x.long()
+    out = []
+    for k in range(x.shape[-1]):
+        v = x[..., k]
+        v = v[v >= 0]
+        out.append([int(v.min()), int(v.max())] if len(v) else [0, 0])
+    return out
+
+
+def note_runs(grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, steps, tracks) pitches -> (pitch, length in steps, track) of every note: a pitch
+    repeated over consecutive steps is one note (as ``notes_from_grid``); rests dropped."""
+    N, T, K = grid.shape
+    seq = grid.permute(0, 2, 1).reshape(N * K, T)
+    start = torch.ones_like(seq, dtype=torch.bool)
+    start[:, 1:] = seq[:, 1:] != seq[:, :-1]
+    idx = start.flatten().nonzero().flatten()  # note starts in the flattened (row, step) order
+    ends = torch.cat([idx[1:], torch.tensor([seq.numel()])])
+    row_end = (idx // T + 1) * T  # a note never runs past its row
+    length = torch.minimum(ends, row_end) - idx
+    pitch = seq.flatten()[idx]
+    track = (idx // T) % K
+    keep = pitch >= 0
+    return pitch[keep], length[keep], track[keep]
+
+
+def _hist(values: torch.Tensor, size: int) -> torch.Tensor:
+    h = torch.bincount(values.long().clamp(0, size - 1), minlength=size).double()
+    return h / h.sum().clamp_min(1)
+
+
+def mean_pairwise_distance(grid: torch.Tensor) -> float:
+    """Mean over pairs of pieces of the fraction of (step, voice) cells whose pitch differs."""
+    flat = grid.flatten(1)
+    n = len(flat)
+    if n < 2:
+        return 0.0
+    diff = (flat[:, None] != flat[None]).float().mean(-1)
+    return float(diff.sum() / (n * (n - 1)))
+
+
+def grid_figures(fake: torch.Tensor, real: torch.Tensor, real_pairs: torch.Tensor,
+                 ranges: list[list[int]], tracks: list[str]) -> dict[str, Any]:
+    """Generated (fake) against real (N, steps, tracks) pitch grids: see the module docstring.
+    `real_pairs` is the subset of real pieces the pairwise distance is measured on (as many as
+    fake, so both averages cover the same number of pairs)."""
+    T = fake.shape[1]
+    fp, fl, ft = note_runs(fake)
+    rp, rl, rt = note_runs(real)
+    out: dict[str, Any] = {"pieces": len(fake)}
+    in_range = {}
+    pitch_tv = {}
+    for k, (lo, hi) in enumerate(ranges):
+        name = tracks[k] if k < len(tracks) else str(k)
+        p = fp[ft == k]
+        in_range[name] = round(float(((p >= lo) & (p <= hi)).float().mean()) if len(p) else 1.0, 4)
+        pitch_tv[name] = round(0.5 * float((_hist(p, 128) - _hist(rp[rt == k], 128)).abs().sum()), 4)
+    out["in_range_fraction"] = in_range
+    out["in_range_fraction_min"] = min(in_range.values())
+    out["pitch_hist_tv"] = pitch_tv
+    d_fake, d_real = mean_pairwise_distance(fake), mean_pairwise_distance(real_pairs)
+    out["pairwise_distance"] = round(d_fake, 4)
+    out["pairwise_distance_real"] = round(d_real, 4)
+    out["pairwise_distance_ratio"] = round(d_fake / d_real, 4) if d_real else None
+    hf, hr = _hist(fl, T + 1), _hist(rl, T + 1)
+    out["note_length_hist_tv"] = round(0.5 * float((hf - hr).abs().sum()), 4)
+    out["note_length_hist"] = {"steps": list(range(1, T + 1)),
+                               "generated": [round(float(v), 4) for v in hf[1:]],
+                               "data": [round(float(v), 4) for v in hr[1:]]}
+    out["notes_per_voice_per_bar"] = round(len(fl) / max(1, fake.shape[0] * fake.shape[2]) / (T / 16), 3)
+    out["notes_per_voice_per_bar_data"] = round(len(rl) / max(1, real.shape[0] * real.shape[2]) / (T / 16), 3)
+    return out
 
 
 def track_changes(model: MuseGAN, latent: str, n: int = 64, track: int = 0,
