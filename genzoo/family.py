@@ -19,7 +19,8 @@ from genzoo.core.model import Model, ModelConfig, fused_adam_ok
 from genzoo.core.pipeline import Pipeline, Stage
 from genzoo.core.plugins import hookimpl
 from genzoo.core.plots import pyplot, save_figure
-from genzoo.core.sample import EventSample, ImageSample, PointSample, Sample, TextSample
+from genzoo.core.sample import (EventSample, ImageSample, PointSample, Sample, TextSample,
+                                VideoSample)
 from genzoo.core.sampler import (Sampler, SamplerOptions, TokenOptions, apply_temperature_top_k,
                                  categorical, categorical_from_uniform, frozen, gaussian,
                                  uniforms)
@@ -41,7 +42,7 @@ __all__ = [
     "Sampler", "SamplerOptions", "TokenOptions", "apply_temperature_top_k", "categorical",
     "categorical_from_uniform", "uniforms", "gaussian", "frozen", "StepGraph", "run_steps", "window_index",
     # what samplers return
-    "Sample", "ImageSample", "TextSample", "PointSample", "EventSample",
+    "Sample", "ImageSample", "TextSample", "PointSample", "EventSample", "VideoSample",
     # data
     "Dataset", "TensorData", "ImageData", "PointData", "DataConfig", "data_root", "split_index",
     "to_float", "batches", "Tokenizer", "load_image_folder", "kaggle_folder",
@@ -86,6 +87,8 @@ DOCS: dict[str, str] = {
     "TextSample": "Generated texts (and their token ids), written as .txt.",
     "PointSample": "(n, D) points, written as a scatter plot.",
     "EventSample": "Event sequences (music), written by the writer registered for its kind.",
+    "VideoSample": "Clips as floats in [0, 1], (n, T, C, H, W), at fps: written as an animated "
+                   "GIF of all clips and a filmstrip PNG (one row per clip), captions as .txt.",
     "Dataset": "The protocol a data loader returns: __len__, shape, batch(index), to_device.",
     "TensorData": "A dataset that is one tensor x of examples; subclass it as a dataclass.",
     "ImageData": "uint8 images (N, C, H, W) with optional labels and attributes.",

@@ -31,8 +31,9 @@ SECTIONS = ("model", "train", "data")
 # The core's own sample kinds and their writers (``genzoo.core.sample.BUILTIN_WRITERS``, named
 # lazily so listing imports no torch; a test keeps the two equal). They sit in every registry
 # from the start, so a plugin's writer for one of them is a clash, like a model name.
-CORE_WRITERS = {kind: f"genzoo.core.sample:write_{kind}"
-                for kind in ("image", "text", "points", "events")}
+CORE_WRITERS = {**{kind: f"genzoo.core.sample:write_{kind}"
+                   for kind in ("image", "text", "points", "events")},
+                "video": "genzoo.core.video:write_video"}
 _NAME = r"[a-z0-9][a-z0-9._-]*"  # family, model, dataset and sampler names
 
 

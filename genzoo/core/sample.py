@@ -29,6 +29,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from genzoo.core.video import write_video
+
 MIN_GRID_WIDTH = 512  # px: a 137-px grid of 16x16 images shows nothing
 VIEW_LIMIT = 64  # samples a view shows (an 8 x 8 grid); all of them go to the archive
 
@@ -119,6 +121,30 @@ class EventSample(Sample):
 
     def records(self, offset: int = 0) -> list[dict[str, Any]]:
         return [{"i": offset + i, "events": s} for i, s in enumerate(self.sequences)]
+
+
+@dataclass
+class VideoSample(Sample):
+    """n clips of T frames, floats in [0, 1] shaped (n, T, C, H, W), played at `fps`; written
+    by ``genzoo.core.video.write_video`` as an animated GIF and a filmstrip PNG. `captions`: one
+    line per clip (an episode's return), or None."""
+
+    kind: ClassVar[str] = "video"
+    per_sample: ClassVar[tuple[str, ...]] = ("frames", "captions")
+    view_limit: ClassVar[int] = 16  # clips one GIF tiles
+    frames: torch.Tensor
+    fps: int = 12
+    captions: list[str] | None = None
+    strip_frames: int = 8  # columns of the filmstrip
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+    def records(self, offset: int = 0) -> list[dict[str, Any]]:
+        # the archive of a long draw keeps what each clip is, not its pixels (the GIF has those)
+        return [{"i": offset + i, "frames": int(self.frames.shape[1]),
+                 **({"caption": self.captions[i]} if self.captions else {})}
+                for i in range(len(self))]
 
 
 def as_sample(value: Any, modality: str = "image") -> Sample:
@@ -271,7 +297,8 @@ def write_events(sample: EventSample, stem: Path, reference: Any = None) -> list
 
 
 BUILTIN_WRITERS: dict[str, Any] = {"image": write_image, "text": write_text,
-                                   "points": write_points, "events": write_events}
+                                   "points": write_points, "events": write_events,
+                                   "video": write_video}
 
 
 def writer_for(kind: str) -> Any:
