@@ -16,6 +16,7 @@ import torch
 from genzoo.errors import DataError
 from genzoo.family import (DataConfig, ImageData, PointData, kaggle_folder, load_image_folder,
                            split_index)
+from genzoo.nn.captions import CAPTION_FILE, caption_folder
 
 CELEBA_ATTRIBUTES = "list_attr_celeba.csv"
 
@@ -98,9 +99,12 @@ def load_celeba(entry: Any, cfg: DataConfig, split: str) -> ImageData:
 
 def load_attribute_folder(entry: Any, cfg: DataConfig, split: str) -> ImageData:
     """Any folder of images (``--data folder:PATH``); a CelebA-format attribute CSV in it gives
-    the images attributes (``zoo attribute``, ``data.label``)."""
+    the images attributes (``zoo attribute``, ``data.label``), a ``captions.jsonl`` captions
+    (text-to-image models)."""
     if not cfg.path:
         raise DataError("the folder source needs a path: --data folder:PATH")
     folder = Path(cfg.path).expanduser()
+    if (folder / CAPTION_FILE).is_file():  # captioned images (text-to-image models)
+        return caption_folder(folder, cfg, split, entry.options, "folder")
     return load_image_folder(folder, cfg, split, entry.options, "folder",
                              attribute_table(folder, entry.options))
