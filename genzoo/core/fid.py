@@ -6,12 +6,16 @@ number means little without that space and the sample counts, so every result ca
 ``protocol`` string (features, n real vs n fake, dataset and split) printed beside it.
 
 Feature networks:
-- ``inception``: the standard InceptionV3 pool features (torchmetrics' torch-fidelity port), used
-  only when torch-fidelity and its weights are already on disk (nothing is downloaded);
+- ``inception``: the standard InceptionV3 pool features (torchmetrics' port of torch-fidelity's
+  ``FeatureExtractorInceptionV3``), the protocol papers use. Its weights are read from the data
+  root's cache (or torch hub's), downloaded there once from torch-fidelity's URL when the machine
+  is online; offline, one line says so;
 - a genzoo run (``--features RUN``) whose model defines image ``features`` (``Model.features``):
   the book's chapter-2 classifier, its penultimate layer, trained on the same dataset. The offline
   default: ``auto`` takes Inception when its weights are present, else the newest finished such
-  run on the run's dataset.
+  run on the run's dataset, else the dataset's registered classifier (``cnn-twemoji`` for
+  twemoji), trained once with a short fixed config and cached under the data root
+  (``feature_cache``), keyed by classifier, dataset transform, config and genzoo version.
 
 Numbers from different feature networks, image sizes or sample counts are not comparable (FID is
 biased upwards at small n); published CIFAR-10 FIDs (e.g. DCGAN 49.0, WGAN-GP 25.9 in
@@ -31,6 +35,16 @@ from torch import nn
 from genzoo.errors import ConfigError
 
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's file name
+# where torch-fidelity itself downloads them (torch_fidelity.feature_extractor_inceptionv3)
+INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                 + INCEPTION_WEIGHTS)
+INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub's convention: the name carries it
+# The auto-trained feature network: the registered classifier's own config with a fixed, short
+# schedule (its quick preset takes minutes on a busy CPU); part of the cache key.
+AUTO_TRAIN: dict[str, Any] = {"train.steps": 100, "train.batch_size": 32, "train.lr": 0.002,
+                              "train.schedule": "cosine", "train.warmup_steps": 0,
+                              "train.sample_every": 0, "train.checkpoint_every": 100,
+                              "train.seed": 0}
 
 
 class ImageFeatures(nn.Module):
@@ -106,22 +120,69 @@ def run_features(run_path: str | os.PathLike, device: str = "cpu") -> ImageFeatu
                          f"{loaded.name} run {loaded.path} ({dim}-d penultimate layer{size})", model)
 
 
+def feature_cache() -> Path:
+    """Where FID/KID feature networks are cached: DATA_ROOT/fid-features."""
+    from genzoo.core.data_config import data_root
+    return data_root() / "fid-features"
+
+
+def inception_cached() -> Path:
+    return feature_cache() / INCEPTION_WEIGHTS
+
+
 def inception_weights() -> Path | None:
-    """The local torch-fidelity InceptionV3 weights, or None (never downloads)."""
-    try:
-        import torch_fidelity  # noqa: F401
-    except ImportError:
-        return None
-    path = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
-    return path if path.exists() else None
+    """The InceptionV3 weights on disk (genzoo's cache, else torch hub's where torch-fidelity
+    puts them), or None. Never downloads."""
+    for path in (inception_cached(), Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS):
+        if path.is_file():
+            return path
+    return None
+
+
+def download_inception(url: str = INCEPTION_URL, timeout: float = 30.0) -> Path:
+    """torch-fidelity's InceptionV3 weights, downloaded once into ``feature_cache()`` (a
+    temporary file, its sha256 checked, then renamed: a concurrent eval never reads half a
+    file). Offline: one line saying so."""
+    import hashlib
+    import urllib.error
+    import urllib.request
+    target = inception_cached()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _Lock(target.parent / f".{target.name}.lock"):
+        if target.is_file():
+            return target
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+        print(f"downloading torch-fidelity's InceptionV3 weights (~95 MB) once into {target}",
+              file=__import__("sys").stderr)
+        try:
+            digest = hashlib.sha256()
+            with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
+                while chunk := r.read(1 << 20):
+                    digest.update(chunk)
+                    f.write(chunk)
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            tmp.unlink(missing_ok=True)
+            why = getattr(e, "reason", None) or e
+            raise ConfigError(f"--features inception: cannot download the InceptionV3 weights "
+                              f"from {url} ({why}): offline? Put {INCEPTION_WEIGHTS} at {target}, "
+                              "or use the offline feature network: --features auto") from None
+        if not digest.hexdigest().startswith(INCEPTION_SHA256_PREFIX):
+            tmp.unlink(missing_ok=True)
+            raise ConfigError(f"--features inception: the file downloaded from {url} is not "
+                              f"{INCEPTION_WEIGHTS} (sha256 {digest.hexdigest()[:12]}...); "
+                              "try again later")
+        os.replace(tmp, target)
+    return target
 
 
 def inception_features() -> ImageFeatures:
-    weights = inception_weights()
-    if weights is None:
-        raise ConfigError("--features inception needs torch-fidelity (pip install torch-fidelity) "
-                          f"and its weights at {Path(torch.hub.get_dir()) / 'checkpoints' / INCEPTION_WEIGHTS} "
-                          "(genzoo never downloads them); offline, pass a classifier run: --features RUN")
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError:
+        raise ConfigError("--features inception needs torch-fidelity, whose InceptionV3 "
+                          "torchmetrics uses: pip install torch-fidelity (or genzoo[metrics]); "
+                          "without it: --features auto") from None
+    weights = inception_weights() or download_inception()
     from torchmetrics.image.fid import NoTrainInceptionV3
     net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                              feature_extractor_weights_path=str(weights))
@@ -170,19 +231,126 @@ def resolve_features(spec: str | None, dataset: str, search: list[Path],
             raise ConfigError(f"--features {spec}: no such run folder; give a classifier run, "
                               "'inception', or 'auto'")
         return run_features(spec, device)
-    if inception_weights() is not None:
+    if inception_weights() is not None and _has_torch_fidelity():
         return inception_features()
     run = find_feature_run(dataset, search)
     if run is None:
-        from genzoo.core.registry import registry
-        names = [e.name for e in registry().list() if e.dataset.get("name") == dataset
-                 and family_serves_as_features(e.family)]
-        how = f"train one (`zoo train {names[0]}`) and " if names else "train a classifier on it and "
-        raise ConfigError(f"FID/KID need a feature network for {dataset!r}: no Inception weights "
-                          f"on disk and no finished run on {dataset} of a model with image "
-                          f"features (a classifier) in {', '.join(str(f) for f in search)}; "
-                          f"{how}pass --features RUN")
+        run = auto_feature_run(dataset, search)
     return run_features(run, device)
+
+
+def _has_torch_fidelity() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("torch_fidelity") is not None
+
+
+class _Lock:
+    """An exclusive flock on `path` while held (blocking; no-op without fcntl): one process
+    trains or downloads, the others wait and then find the result."""
+
+    def __init__(self, path: Path):
+        self.path, self.fd = path, -1
+
+    def __enter__(self) -> "_Lock":
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            import fcntl
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except ImportError:
+            pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        os.close(self.fd)
+
+
+def feature_models(dataset: str) -> list[Any]:
+    """The registry models that serve as features on `dataset` (a classifier of it), the ones
+    tagged ``features`` first (the CNN before the MLP)."""
+    from genzoo.core.registry import registry
+    found = [e for e in registry().list() if e.dataset.get("name") == dataset
+             and family_serves_as_features(e.family)]
+    return sorted(found, key=lambda e: ("features" not in e.tags, e.name))
+
+
+def feature_key(entry: Any, overrides: dict[str, Any]) -> str:
+    """The cache folder's name: classifier, dataset and its transform (channels x size as the
+    classifier sees them), a hash of the config, the genzoo version."""
+    import hashlib
+    import json
+    import re
+
+    from genzoo._version import __version__
+    from genzoo.core.factory import plan
+    from genzoo.core.registry import registry
+    p = plan(entry.name, "quick", overrides)
+    native = registry().get_dataset(p.data.name).shape
+    channels = p.data.channels or (native[0] if native else "n")
+    size = p.data.size or (native[-1] if native else "n")
+    blob = json.dumps({"model": entry.name, "overrides": overrides,
+                       "data": {k: getattr(p.data, k) for k in ("name", "size", "channels", "pad")}},
+                      sort_keys=True, default=str)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
+    key = f"{entry.name}-{p.data.name}-{channels}x{size}-pad{p.data.pad}-{digest}-genzoo{__version__}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", key)
+
+
+def _finished(run: Path) -> bool:
+    import json
+    try:
+        return (run / "model.safetensors").is_file() and \
+            bool(json.loads((run / "trainer.json").read_text()).get("complete", False))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def auto_feature_run(dataset: str, search: list[Path] | None = None,
+                     say: Callable[[str], None] | None = None) -> Path:
+    """The cached feature network for `dataset`: the registered classifier trained once with
+    ``AUTO_TRAIN`` into ``feature_cache()/KEY`` (a temporary folder renamed into place, under a
+    lock, so concurrent evals train it once and never read half a run). One line when
+    `dataset` has no registered classifier."""
+    import shutil
+    import sys
+    import tempfile
+    import time
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    models = feature_models(dataset)
+    if not models:
+        from genzoo.core.registry import registry
+        covered = sorted({e.dataset.get("name") for e in registry().list()
+                          if family_serves_as_features(e.family) and e.dataset.get("name")})
+        where = f" in {', '.join(str(f) for f in search)}" if search else ""
+        raise ConfigError(f"FID/KID need a feature network for {dataset!r}: no Inception weights "
+                          f"on disk, no finished classifier run on {dataset}{where}, and no "
+                          f"registered classifier to train for it (covered: {', '.join(covered)}); "
+                          "train a classifier on it and pass --features RUN, or --features inception")
+    entry = models[0]
+    overrides = dict(AUTO_TRAIN)
+    cache = feature_cache()
+    target = cache / feature_key(entry, overrides)
+    if _finished(target):
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with _Lock(cache / f".{target.name}.lock"):
+        if _finished(target):  # another eval trained it while this one waited
+            return target
+        from genzoo.core.runner import train
+        steps = overrides["train.steps"]
+        say(f"no feature network for {dataset}: training {entry.name} once ({steps} steps, "
+            f"genzoo's FID feature config) into {target}")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=cache))
+        start = time.perf_counter()
+        try:
+            train(entry.name, "quick", overrides, out=tmp / "run", progress=False)
+            if target.exists():  # a broken earlier attempt
+                shutil.rmtree(target)
+            os.replace(tmp / "run", target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        say(f"trained the {dataset} feature network in {time.perf_counter() - start:.1f} s; "
+            "cached for every later eval")
+    return target
 
 
 def kid_subset(n_real: int, n_fake: int) -> int:
