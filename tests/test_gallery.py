@@ -150,8 +150,13 @@ def test_gallery_links_stay_relative_paths_for_hostile_names(hostile_runs, tmp_p
     r = CliRunner().invoke(cli, ["gallery", str(hostile_runs), "--out", str(site)])
     assert r.exit_code == 0, r.output
     index = (site / "index.html").read_text()
-    links = [htmllib.unescape(h) for h in re.findall(r'<a href="([^"]*)"', index)]
+    table = index.split('<table class="board">', 1)[1]
+    links = [htmllib.unescape(h) for h in re.findall(r'<a href="([^"]*)"', table)]
     assert len(links) == len(HOSTILE)
+    cards = [htmllib.unescape(h) for h in re.findall(r'<a class="card" href="([^"]*)"', index)]
+    assert sorted(cards) == sorted(links)  # one card per run, to the same page
+    for src in re.findall(r'<img[^>]* src="([^"]*)"', index):
+        assert src.startswith("./") and (site / unquote(htmllib.unescape(src)[2:])).is_file()
     for link in links:
         assert link.startswith("./") and link.endswith("/index.html"), link
         assert (site / unquote(link[2:])).is_file(), link  # the link reaches its page
@@ -190,3 +195,59 @@ def test_gallery_hostile_names_in_a_real_browser(hostile_runs, tmp_path):
             imgs = images_of(page)
             assert imgs and all(done and w > 0 for _, done, w in imgs), imgs
     assert not errors, errors  # no console error, and no dialog: no script ran
+
+
+def test_index_cards_with_thumbnails_in_a_real_browser(runs, tmp_path):
+    root, _, _ = runs
+    site = tmp_path / "site"
+    assert CliRunner().invoke(cli, ["gallery", str(root), "--out", str(site)]).exit_code == 0
+    with browser_page() as (page, errors):
+        page.set_viewport_size({"width": 1200, "height": 900})
+        page.goto((site / "index.html").as_uri())
+        cards = page.locator("a.card")
+        assert cards.count() == 3
+        texts = {cards.nth(i).locator("b").inner_text(): cards.nth(i).inner_text()
+                 for i in range(3)}
+        assert set(texts) == {"cnn-fashion", "pixelcnn", "gpt"}
+        assert "FID 12.50" in texts["pixelcnn"] and "0.6 bits/dim" in texts["pixelcnn"]
+        assert "fashion-mnist-1k" in texts["cnn-fashion"]
+        # image models show a picture, the text model an excerpt of its sample
+        assert page.locator("a.card img").count() == 2 and page.locator("a.card pre").count() == 1
+        imgs = images_of(page)
+        assert len(imgs) == 2 and all(done and w == 200 for _, done, w in imgs), imgs
+        page.screenshot(path=str(tmp_path / "index.png"), full_page=True)
+        # the leaderboard below the cards sorts by a clicked column (empty cells last)
+        def models():
+            return page.eval_on_selector_all("table.board tbody tr",
+                                             "rows => rows.map(r => r.cells[0].textContent)")
+        page.click("table.board th:has-text('FID')")
+        assert models()[0] == "pixelcnn"
+        page.click("table.board th:has-text('model')")
+        assert models() == ["cnn-fashion", "gpt", "pixelcnn"]
+        page.click("table.board th:has-text('model')")
+        assert models() == ["pixelcnn", "gpt", "cnn-fashion"]
+        page.click("a.card:has-text('gpt')")
+        page.wait_for_load_state("load")
+        assert page.url.endswith("gpt/index.html")
+    assert not errors, errors
+    assert (tmp_path / "index.png").stat().st_size > 10_000
+
+
+def test_thumbnails_crop_grids_and_fit_figures(tmp_path):
+    from PIL import Image
+
+    from genzoo.core.gallery import THUMB, thumbnail
+    grid = tmp_path / "grid.png"
+    Image.new("RGB", (400, 400), "white").save(grid)
+    assert thumbnail(grid, tmp_path / "a.png", grid=True)
+    assert Image.open(tmp_path / "a.png").size == (THUMB, THUMB)
+    roll = tmp_path / "roll.png"  # a piano roll or scatter plot: the whole figure, scaled
+    Image.new("RGB", (800, 200), "white").save(roll)
+    assert thumbnail(roll, tmp_path / "b.png", grid=False)
+    assert Image.open(tmp_path / "b.png").size == (THUMB, 50)
+    frames = [Image.new("RGB", (64, 64), c) for c in ("red", "blue")]
+    frames[0].save(tmp_path / "v.gif", save_all=True, append_images=frames[1:])
+    assert thumbnail(tmp_path / "v.gif", tmp_path / "c.png", grid=False)  # the poster frame
+    assert Image.open(tmp_path / "c.png").convert("RGB").getpixel((0, 0))[0] > 200
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    assert not thumbnail(tmp_path / "bad.png", tmp_path / "d.png", grid=True)

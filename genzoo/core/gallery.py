@@ -1,9 +1,12 @@
 """``zoo gallery``: a static HTML site over runs, readable offline from ``file://``.
 
-``DIR/index.html`` holds the leaderboard (``genzoo.core.leaderboard``) with a link per run;
-``DIR/<run>/index.html`` shows the run's sample grids, text samples, loss curves, confusion
-matrix, metrics and config. Every image is copied beside its page (the site is self-contained:
-move or zip it) and pages use no scripts and no network.
+``DIR/index.html`` shows one card per run (its final sample as a thumbnail: a crop of the image
+grid, the piano roll, the scatter plot, a text excerpt or a video's first frame; model, dataset
+and headline figures) above the leaderboard (``genzoo.core.leaderboard``), which sorts by any
+column on a click; ``DIR/<run>/index.html`` shows the run's sample grids, text samples, loss
+curves, confusion matrix, metrics and config. Every image is copied beside its page (the site is
+self-contained: move or zip it); the index's one inline script sorts the table, run pages have
+none, and no page uses the network.
 """
 from __future__ import annotations
 
@@ -25,6 +28,47 @@ th{background:#f3f3f3} pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-s
 figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}
 figure img{max-width:520px;border:1px solid #ddd} img.px{image-rendering:pixelated}
 figcaption{font-size:13px;color:#555} .note{color:#555;font-size:13px}
+.cards{display:flex;flex-wrap:wrap;gap:14px;margin:1em 0 2em}
+.card{width:200px;border:1px solid #ddd;border-radius:6px;padding:8px;background:#fff;
+ text-decoration:none;color:#222;box-shadow:0 1px 2px rgba(0,0,0,.06)}
+.card:hover{border-color:#888} .card img{width:200px;height:200px;object-fit:contain;
+ background:#f7f7f7;display:block} .card img.px{image-rendering:pixelated}
+.card pre{width:184px;height:184px;margin:0;padding:8px;overflow:hidden;white-space:pre-wrap;
+ font-size:11px} .card .empty{width:200px;height:200px;background:#f3f3f3;color:#888;
+ display:flex;align-items:center;justify-content:center;font-size:13px}
+.card b{display:block;margin-top:6px;font-size:14px;overflow-wrap:anywhere}
+.card span{display:block;font-size:12px;color:#555;overflow-wrap:anywhere}
+th.sort{cursor:pointer;user-select:none} th.sort:after{content:" \\2195";color:#aaa}
+th[aria-sort=ascending]:after{content:" \\2191";color:#222}
+th[aria-sort=descending]:after{content:" \\2193";color:#222}
+"""
+THUMB = 200  # px, the card's picture (a grid crop is at most THUMB_CROP of the grid, scaled)
+THUMB_CROP = 0.5  # the top-left share of an image grid a card shows (a few samples, large)
+# Sorts the leaderboard by a clicked column: numbers by value (data-v), text as text; a second
+# click reverses. No network, no eval, no HTML built from strings.
+SORT_SCRIPT = """
+document.querySelectorAll("table.board th").forEach(function (th, col) {
+  th.classList.add("sort");
+  th.addEventListener("click", function () {
+    var body = th.closest("table").tBodies[0];
+    var down = th.getAttribute("aria-sort") === "ascending";
+    th.closest("tr").querySelectorAll("th").forEach(function (h) { h.removeAttribute("aria-sort"); });
+    th.setAttribute("aria-sort", down ? "descending" : "ascending");
+    function key(row) {
+      var cell = row.cells[col], v = cell.getAttribute("data-v");
+      return v === null ? cell.textContent.trim().toLowerCase() : parseFloat(v);
+    }
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = key(a), y = key(b), empty = (x === "" || (typeof x === "number" && isNaN(x)));
+      var emptyY = (y === "" || (typeof y === "number" && isNaN(y)));
+      if (empty || emptyY) { return empty === emptyY ? 0 : (empty ? 1 : -1); }
+      var c = x < y ? -1 : (x > y ? 1 : 0);
+      return down ? -c : c;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+  });
+});
 """
 MAX_STEP_GRIDS = 4  # the last few periodic grids, besides the final ones
 
@@ -54,12 +98,13 @@ def inside(out: Path, name: str) -> Path:
     return target
 
 
-def page(title: str, body: str, up: str = "") -> str:
+def page(title: str, body: str, up: str = "", script: str = "") -> str:
     nav = f'<p><a href="{html.escape(up)}index.html">&larr; all runs</a></p>' if up else ""
+    js = f"<script>{script}</script>" if script else ""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<link rel=\"icon\" href=\"data:,\">"
             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>"
-            f"<body>{nav}<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+            f"<body>{nav}<h1>{html.escape(title)}</h1>\n{body}\n{js}</body></html>\n")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -138,6 +183,106 @@ def run_page(run: Path, row: lb.Row, out: Path) -> None:
                                     encoding="utf-8")
 
 
+def _final_sample(run: Path) -> Path | None:
+    """The run's last sample: a final one (``zoo run``, ``zoo sample``) before the newest grid
+    written during training; a picture (PNG, GIF) before a text."""
+    samples = run / "samples"
+    if not samples.is_dir():
+        return None
+    for patterns in (("*.png", "*.gif"), ("*.txt",)):
+        files = sorted(p for pat in patterns for p in samples.glob(pat))
+        final = [p for p in files if not p.name.startswith("step_")]
+        steps = [p for p in files if p.name.startswith("step_")]
+        if final or steps:
+            return (final or steps[::-1])[0]
+    return None
+
+
+def thumbnail(src: Path, dest: Path, grid: bool) -> bool:
+    """A THUMB x THUMB picture of `src`: the top-left THUMB_CROP of an image grid (a few
+    samples, large enough to see), or the whole figure (piano roll, scatter) scaled to fit;
+    a GIF's first frame (a video's poster). False if the file cannot be read as an image."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(src) as im:
+            im.seek(0)
+            im = im.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError):
+        return False
+    if grid:
+        side = max(1, int(min(im.size) * THUMB_CROP))
+        im = im.crop((0, 0, side, side)).resize((THUMB, THUMB), Image.Resampling.NEAREST)
+    else:
+        im.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
+    im.save(dest, format="PNG")
+    return True
+
+
+def headline(row: lb.Row) -> str:
+    """The card's figures: what the run has measured, most telling first."""
+    parts = []
+    if row.fid is not None:
+        parts.append(f"FID {row.fid:.2f}")
+    if row.nll:
+        parts.append(row.nll)
+    if row.accuracy is not None:
+        parts.append(f"accuracy {row.accuracy:.1%}")
+    if row.kid is not None and row.fid is None:
+        parts.append(f"KID {row.kid:.4f}")
+    if not parts and row.params:
+        parts.append(f"{lb.cells(row)[2]} params")
+    return " · ".join(parts)
+
+
+def card(run: Path, row: lb.Row, slug: str, out: Path) -> str:
+    """One run's card for the index: thumbnail (written as SLUG/thumb.png) or text excerpt,
+    model, dataset, headline figures; the whole card links to the run's page."""
+    src = _final_sample(run)
+    picture = '<div class="empty">no samples yet</div>'
+    if src is not None and src.suffix == ".txt":
+        text = src.read_text(encoding="utf-8", errors="replace")[:600]
+        picture = f"<pre>{html.escape(text, quote=False)}</pre>"
+    elif src is not None:
+        modality = str((lb._json(run / "config.json") or {}).get("modality", "image"))
+        grid = modality == "image" and src.suffix == ".png"
+        if thumbnail(src, inside(out / slug, "thumb.png"), grid):
+            px = ' class="px"' if grid else ""
+            alt = f"{row.model}: {src.stem}"
+            picture = f'<img{px} src="{href(slug, "thumb.png")}" alt="{html.escape(alt)}">'
+    figures = headline(row)
+    return (f'<a class="card" href="{href(slug, "index.html")}">{picture}'
+            f"<b>{html.escape(row.model)}</b><span>{html.escape(row.dataset)} · "
+            f"{html.escape(row.family)}</span>"
+            + (f"<span>{html.escape(figures)}</span>" if figures else "") + "</a>")
+
+
+def _sort_values(r: lb.Row) -> list[float | None]:
+    """Per leaderboard column, the number it sorts by (None: sort as text)."""
+    nll = None
+    if r.nll:
+        try:
+            nll = float(r.nll.split()[0])
+        except ValueError:
+            nll = None
+    return [None, None, r.params, nll, r.fid, r.kid, r.accuracy, r.train_samples_s, r.sample_ms,
+            None, None]
+
+
+def _board(rows: list[tuple[lb.Row, str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in lb.COLUMNS)
+    body = []
+    for r, slug in rows:
+        cells = [html.escape(c) for c in lb.cells(r)[:-1]] + [
+            f'<a href="{href(slug, "index.html")}">{html.escape(slug)}</a>']
+        tds = []
+        for c, v in zip(cells, _sort_values(r)):
+            attr = "" if v is None else f' data-v="{float(v)!r}"'
+            tds.append(f"<td{attr}>{c}</td>")
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    return (f'<table class="board"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>")
+
+
 def _metric_rows(run: Path) -> list[list[str]]:
     rows: list[list[str]] = []
     ev = lb._json(run / "eval.json") or {}
@@ -157,7 +302,7 @@ def build(paths: list[str | Path], out: str | Path) -> Path:
     out = Path(out)
     runs = lb.find_runs(paths or ["runs"])
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[tuple[lb.Row, str]] = []
+    rows: list[tuple[lb.Row, str, Path]] = []
     used: set[str] = set()
     for run in runs:
         r = lb.row(run)
@@ -167,17 +312,17 @@ def build(paths: list[str | Path], out: str | Path) -> Path:
             slug, k = f"{base}-{k}", k + 1
         used.add(slug)
         run_page(run, r, inside(out, slug))
-        rows.append((r, slug))
+        rows.append((r, slug, run))
     rows.sort(key=lambda rs: (rs[0].dataset, rs[0].family, rs[0].model, rs[0].run))
-    table = _table(list(lb.COLUMNS), [
-        [html.escape(c) for c in lb.cells(r)[:-1]] + [f'<a href="{href(slug, "index.html")}">'
-                                                      f"{html.escape(slug)}</a>"]
-        for r, slug in rows])
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in lb.protocols([r for r, _ in rows]))
+    cards = "".join(card(run, r, slug, out) for r, slug, run in rows)
+    table = _board([(r, slug) for r, slug, _ in rows])
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in lb.protocols([r for r, _, _ in rows]))
     body = (f'<p class="note">{len(rows)} runs. Gathered from run folders by <code>zoo gallery</code>; '
             "figures come from each run's eval.json (<code>zoo eval</code>), bench.json "
-            "(<code>zoo bench RUN</code>) or, marked (log), its own training log.</p>" + table
+            "(<code>zoo bench RUN</code>) or, marked (log), its own training log.</p>"
+            f'<div class="cards">{cards}</div><h2>Leaderboard</h2>'
+            '<p class="note">Click a column to sort by it.</p>' + table
             + (f"<h2>FID/KID protocols</h2><ul>{notes}</ul>" if notes else ""))
     index = out / "index.html"
-    index.write_text(page("genzoo gallery", body), encoding="utf-8")
+    index.write_text(page("genzoo gallery", body, script=SORT_SCRIPT), encoding="utf-8")
     return index
