@@ -51,8 +51,8 @@ def register_writers(register: Callable[..., None]) -> None:
 
 @hookimpl
 def register_commands(cli: Any) -> None:
-    """The latent-space tools (zoo reconstruct / interpolate / latent-plot / attribute) and
-    ``zoo export``, added the way any plugin adds commands."""
-    from genzoo.commands import export, latent
-    for command in [*latent.COMMANDS, *export.COMMANDS]:
+    """The latent-space tools (zoo reconstruct / interpolate / latent-plot / attribute),
+    ``zoo export`` and ``zoo new-plugin``, added the way any plugin adds commands."""
+    from genzoo.commands import export, latent, scaffold
+    for command in [*latent.COMMANDS, *export.COMMANDS, *scaffold.COMMANDS]:
         cli.add_command(command)
