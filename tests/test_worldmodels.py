@@ -23,6 +23,18 @@ from genzoo.plugins import rollouts  # noqa: E402
 from genzoo.plugins import worldmodels as wm  # noqa: E402
 
 STEPS = 24
+CACHE_STEPS = 6  # the cache test only counts and compares episodes: a few steps each
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These networks are tiny: torch's second intra-op thread only waits for the first. On a
+    shared 2-core machine the waiting spins, and an LSTM step took 45 times the CPU (and the
+    MDN-RNN test over a minute of wall time) with 2 threads instead of 1."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def entry(**options):
@@ -57,9 +69,11 @@ def test_rollouts_hold_frames_actions_rewards_dones(data):
 
 
 def test_cache_is_keyed_and_an_interrupted_collection_resumes(tmp_path, monkeypatch):
-    whole = load(tmp_path / "whole", envs=2)
+    def load(root, **options):  # short episodes: this test is about which ones are kept
+        return globals()["load"](root, **{"max_steps": CACHE_STEPS, **options})
+    whole = load(tmp_path / "whole", envs=2)  # worker processes; the resumed one plays in-process
     folder = whole.folder
-    assert folder.name == f"CarRacing-v3-brownian-seed0-t{STEPS}-64px"
+    assert folder.name == f"CarRacing-v3-brownian-seed0-t{CACHE_STEPS}-64px"
     # killed after the first saved episode: it is kept, and the next run collects the rest
     real_save = rollouts.Collection.save
     calls = []
@@ -141,14 +155,20 @@ def test_mdnrnn_loss_falls_on_real_sequences(data):
     assert seqs.lengths.tolist() == [STEPS] * 3
     torch.manual_seed(0)
     m = wm.MDNRNN(wm.MDNRNNConfig(latent_dim=8, action_dim=3, hidden=32, mixtures=5, seq_len=16))
-    opt = torch.optim.Adam(m.parameters(), lr=0.01)
     batch = seqs.batch(torch.arange(3))
     first = float(m.evaluation_step(batch)["nll_per_step"])
-    for _ in range(40):
-        loss = m.loss(batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    # Adam by hand: a torch.optim optimizer's first add_param_group imports torch._dynamo
+    # (~1.3 CPU s, many seconds of wall time on a busy machine) for a few ms of training
+    params = list(m.parameters())
+    mom, var = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+    for t in range(1, 41):
+        m.zero_grad()
+        m.loss(batch)["loss"].backward()
+        with torch.no_grad():
+            for p, m1, m2 in zip(params, mom, var):
+                m1.lerp_(p.grad, 0.1)
+                m2.lerp_(p.grad ** 2, 0.001)
+                p -= 0.01 * (m1 / (1 - 0.9 ** t)) / ((m2 / (1 - 0.999 ** t)).sqrt() + 1e-8)
     last = float(m.evaluation_step(batch)["nll_per_step"])
     assert last < first - 1.0, (first, last)
 
