@@ -251,3 +251,16 @@ def test_thumbnails_crop_grids_and_fit_figures(tmp_path):
     assert Image.open(tmp_path / "c.png").convert("RGB").getpixel((0, 0))[0] > 200
     (tmp_path / "bad.png").write_bytes(b"not a png")
     assert not thumbnail(tmp_path / "bad.png", tmp_path / "d.png", grid=True)
+
+
+def test_the_card_shows_the_final_view_else_the_newest_grid(tmp_path):
+    from genzoo.core.gallery import _final_sample
+    samples = tmp_path / "run" / "samples"
+    samples.mkdir(parents=True)
+    assert _final_sample(tmp_path / "run") is None
+    for name in ("step_000100.txt", "step_000010.png", "step_000200.png"):
+        (samples / name).write_bytes(b"")
+    assert _final_sample(tmp_path / "run").name == "step_000200.png"  # a picture before text
+    for name in ("final-attention.png", "final.png", "final.txt"):
+        (samples / name).write_bytes(b"")
+    assert _final_sample(tmp_path / "run").name == "final.png"

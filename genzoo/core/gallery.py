@@ -190,7 +190,9 @@ def _final_sample(run: Path) -> Path | None:
     if not samples.is_dir():
         return None
     for patterns in (("*.png", "*.gif"), ("*.txt",)):
-        files = sorted(p for pat in patterns for p in samples.glob(pat))
+        # the plain view first: final.png before final-attention.png, final-0.png...
+        files = sorted((p for pat in patterns for p in samples.glob(pat)),
+                       key=lambda p: (p.stem != "final", p.name))
         final = [p for p in files if not p.name.startswith("step_")]
         steps = [p for p in files if p.name.startswith("step_")]
         if final or steps:
