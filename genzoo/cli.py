@@ -797,7 +797,13 @@ def plot(run: str, out: str | None, keys: str | None) -> None:
 @click.argument("run", type=click.Path())
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]))
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--metrics", help="Comma-separated: loss, nll, fid, kid (default loss,nll).")
+@click.option("--metrics", help="Comma-separated: loss, nll, fid, kid, recognisable (default "
+              "loss,nll). recognisable: the fraction of samples a chapter-2 classifier puts in "
+              "one class with p >= 0.9, and the entropy of its class histogram, beside real "
+              "images' figures.")
+@click.option("--classifier", help="recognisable: the classifier RUN that judges (default: a "
+              "finished classifier run on the dataset beside RUN or in ./runs, else the "
+              "dataset's registered classifier trained once with its quick preset and cached).")
 @click.option("--n-samples", type=int, help="Generated images for FID/KID (default: as many as "
               "the split has real ones).")
 @click.option("--features", help="FID/KID feature network: a classifier RUN folder, 'inception' "
@@ -811,8 +817,9 @@ def plot(run: str, out: str | None, keys: str | None) -> None:
 @click.option("--seed", default=0, show_default=True, help="Sampling seed for FID/KID.")
 @click.option("--json", "json_out", type=click.Path(), help="Also write the figures as JSON "
               "(they are always saved to RUN/eval.json, or RUN/eval-DATA.json for --data).")
-def eval_cmd(run: str, split: str, device: str, metrics: str | None, n_samples: int | None,
-             features: str | None, data_name: str | None, seed: int, json_out: str | None) -> None:
+def eval_cmd(run: str, split: str, device: str, metrics: str | None, classifier: str | None,
+             n_samples: int | None, features: str | None, data_name: str | None, seed: int,
+             json_out: str | None) -> None:
     """Evaluate a RUN on its dataset: its loss terms, the family's own figures (a classifier's
     accuracy and confusion matrix), NLL in the modality's units for likelihood models (bits/dim
     for images, nats/token + perplexity for text, nats/point), and FID/KID for image models.
@@ -822,6 +829,7 @@ def eval_cmd(run: str, split: str, device: str, metrics: str | None, n_samples: 
       zoo eval runs/pixelcnn-20261125-101500
       zoo eval runs/dcgan-20261125-101500 --metrics fid,kid --n-samples 500 --features runs/cnn-twemoji-1
       zoo eval runs/cnn-mnist-20261125-101500          # accuracy + RUN/confusion.png
+      zoo eval runs/ebm-20261206-101500 --metrics recognisable --n-samples 200
       zoo eval runs/pixelcnn-20261125-101500 --data mnist --split test   # a held-out test set
       zoo eval runs/vae-faces-20261125-101500 --data folder:~/held-out-faces
     """
@@ -832,13 +840,15 @@ def eval_cmd(run: str, split: str, device: str, metrics: str | None, n_samples: 
     saved = Path(run) / eval_file(data_name)
     _writing(saved)
     result = evaluate(run, split=split, device=device, metrics=names, n_samples=n_samples,
-                      features=features, seed=seed, data=data_name)
+                      features=features, seed=seed, data=data_name, classifier=classifier)
     for k, v in result.items():
-        if k in ("confusion_matrix", "protocol"):
+        if k in ("confusion_matrix", "protocol", "recog_protocol"):
             continue
         click.echo(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
     if "protocol" in result:
         click.echo(f"protocol: {result['protocol']}")
+    if "recog_protocol" in result:
+        click.echo(f"recognisable protocol: {result['recog_protocol']}")
     click.echo(f"saved:    {saved}")
     if json_out:
         _write_out(json_out, json.dumps(result, indent=2))

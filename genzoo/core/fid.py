@@ -305,7 +305,9 @@ def _finished(run: Path) -> bool:
 
 
 def auto_feature_run(dataset: str, search: list[Path] | None = None,
-                     say: Callable[[str], None] | None = None) -> Path:
+                     say: Callable[[str], None] | None = None,
+                     train_overrides: dict[str, Any] | None = None,
+                     what: str = "genzoo's FID feature config") -> Path:
     """The cached feature network for `dataset`: the registered classifier trained once with
     ``AUTO_TRAIN`` into ``feature_cache()/KEY`` (a temporary folder renamed into place, under a
     lock, so concurrent evals train it once and never read half a run). One line when
@@ -326,7 +328,7 @@ def auto_feature_run(dataset: str, search: list[Path] | None = None,
                           f"registered classifier to train for it (covered: {', '.join(covered)}); "
                           "train a classifier on it and pass --features RUN, or --features inception")
     entry = models[0]
-    overrides = dict(AUTO_TRAIN)
+    overrides = dict(AUTO_TRAIN if train_overrides is None else train_overrides)
     cache = feature_cache()
     target = cache / feature_key(entry, overrides)
     if _finished(target):
@@ -336,9 +338,9 @@ def auto_feature_run(dataset: str, search: list[Path] | None = None,
         if _finished(target):  # another eval trained it while this one waited
             return target
         from genzoo.core.runner import train
-        steps = overrides["train.steps"]
+        steps = overrides.get("train.steps", "its quick preset's")
         say(f"no feature network for {dataset}: training {entry.name} once ({steps} steps, "
-            f"genzoo's FID feature config) into {target}")
+            f"{what}) into {target}")
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=cache))
         start = time.perf_counter()
         try:

@@ -39,7 +39,8 @@ def log_likelihood(model: Any, data: Any, device: torch.device,
     return likelihood_report(model.likelihood_unit, -total, n, units)
 
 
-METRICS = ("loss", "nll", "fid", "kid")
+METRICS = ("loss", "nll", "fid", "kid", "recognisable")
+RECOGNISABLE_N = 500  # samples judged by default (the issue's reference figures used 200)
 MAX_FID_SAMPLES = 50_000  # the largest protocol in use (FID-50k)
 
 
@@ -125,11 +126,13 @@ def retokenize(data: Any, tok: Any) -> Any:
 def evaluate(run_path: str, split: str = "test", device: str = "cpu",
              batch_size: int = 256, metrics: tuple[str, ...] | None = None,
              n_samples: int | None = None, features: str | None = None, seed: int = 0,
-             save: bool = True, data: str | None = None) -> dict[str, Any]:
+             save: bool = True, data: str | None = None,
+             classifier: str | None = None) -> dict[str, Any]:
     """The run's loss terms on `split`, the family's own figures (``Model.evaluate_extra``) and
     the chosen `metrics` (default: loss and, for likelihood families, NLL; ``fid``/``kid`` for
     image families compare `n_samples` generated images with the split in the feature space
-    `features` names, see ``genzoo.core.fid``). `data`: score on another dataset
+    `features` names, see ``genzoo.core.fid``; ``recognisable`` judges samples with a
+    chapter-2 `classifier` run, see ``genzoo.core.recognition``). `data`: score on another dataset
     (``eval_data``). Saved to RUN/eval.json (merged with earlier results), where
     ``zoo leaderboard`` and ``zoo gallery`` read it; another dataset's to ``eval_file(data)``."""
     from genzoo.core.runner import evaluate_loss, load_run
@@ -158,6 +161,9 @@ def evaluate(run_path: str, split: str = "test", device: str = "cpu",
     if sample_metrics:
         out.update(sample_quality(loaded, data, split, sample_metrics, n_samples, features,
                                   seed, device, dataset))
+    if "recognisable" in wanted:
+        out.update(recognisable(loaded, data, split, n_samples, classifier, seed, device,
+                                dataset))
     if save:
         from genzoo.core.atomic import read_json, write_json
         path = loaded.path / eval_file(spec)
@@ -197,3 +203,30 @@ def sample_quality(loaded: Any, data: Any, split: str, metrics: tuple[str, ...],
                 + (f"; KID: 100 subsets of {kid_subset(len(real), n)}" if "kid" in metrics else ""))
     return {**scores, "fid_features": feats.name, "fid_n_real": len(real), "fid_n_fake": n,
             "protocol": protocol}
+
+
+def recognisable(loaded: Any, data: Any, split: str, n_samples: int | None,
+                 classifier: str | None, seed: int, device: str,
+                 dataset: str | None = None) -> dict[str, Any]:
+    """The recognisability figure of the run's default sampler (``genzoo.core.recognition``):
+    confident fraction and class entropy, beside the same on real `split` images."""
+    from pathlib import Path
+
+    from genzoo.core.recognition import Judge, judge_run, recognisability
+    from genzoo.errors import ConfigError
+    if getattr(loaded.model, "modality", "image") != "image" or not hasattr(data, "images"):
+        raise ConfigError(f"recognisable judges images, but {loaded.name} makes "
+                          f"{getattr(loaded.model, 'modality', '?')} samples")
+    n = n_samples or RECOGNISABLE_N
+    if not 1 <= n <= MAX_FID_SAMPLES:
+        raise ConfigError(f"--n-samples must be 1..{MAX_FID_SAMPLES}, got {n}")
+    dataset = dataset or loaded.config.get("data", {}).get("name", "")
+    judge = Judge(judge_run(dataset, classifier, [loaded.path.parent, Path("runs")]), device)
+    chunks = [loaded.sample(min(250, n - start), seed=seed + i).images
+              for i, start in enumerate(range(0, n, 250))]
+    real = data.images()
+    if len(real) > n:  # a seeded subset: splits are often ordered by class
+        real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n]]
+    out = recognisability(torch.cat(chunks), real, judge)
+    out["recog_protocol"] += f" ({split} split of {dataset}; sampler seed {seed})"
+    return out

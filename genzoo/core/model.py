@@ -160,6 +160,16 @@ class Model(nn.Module):
     def can_export(cls) -> bool:
         return cls.export_module is not Model.export_module
 
+    def class_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (n, K) per image in [0, 1], (n, C, H, W): a network that defines it can
+        judge whether generated images are recognisable (``zoo eval --metrics recognisable``),
+        as the chapter-2 classifier does."""
+        raise NotImplementedError(f"{type(self).__name__} defines no class logits")
+
+    @classmethod
+    def has_class_logits(cls) -> bool:
+        return cls.class_logits is not Model.class_logits
+
     def flops(self, batch: dict[str, torch.Tensor]) -> int | None:
         """Analytic FLOPs of one training step (forward + backward) on `batch`, for benchmarks'
         model FLOPs utilisation (nanoGPT's 6N + attention for a transformer): ``zoo bench``

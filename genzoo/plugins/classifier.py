@@ -121,6 +121,10 @@ class Classifier(Model):
         """Images in [0, 1] -> class logits (B, num_classes)."""
         return self.head(self.dropout(self.features(x)))
 
+    def class_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``Model.class_logits``: what the recognisability figure asks of a classifier."""
+        return self(x)
+
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if "y" not in batch:
             raise DataError("the classifier needs labelled data (the batch has no 'y')")
