@@ -324,7 +324,7 @@ def build(paths: list[str | Path], out: str | Path) -> Path:
             "(<code>zoo bench RUN</code>) or, marked (log), its own training log.</p>"
             f'<div class="cards">{cards}</div><h2>Leaderboard</h2>'
             '<p class="note">Click a column to sort by it.</p>' + table
-            + (f"<h2>FID/KID protocols</h2><ul>{notes}</ul>" if notes else ""))
+            + (f"<h2>FID/KID and recognisability protocols</h2><ul>{notes}</ul>" if notes else ""))
     index = out / "index.html"
     index.write_text(page("genzoo gallery", body, script=SORT_SCRIPT), encoding="utf-8")
     return index

@@ -35,6 +35,8 @@ class Row:
     sample_ms: float | None  # per sample, default sampler
     device: str
     protocol: str  # how FID/KID were measured
+    recognisable: str = ""  # "62% sure, spread 0.95 (real 81%, 1.00)": zoo eval --metrics recognisable
+    recog_protocol: str = ""
 
 
 def _json(path: Path) -> Any:
@@ -97,7 +99,17 @@ def row(run: Path) -> Row:
                dataset=dataset, params=cfg.get("params"), nll=nll,
                fid=ev.get("fid"), kid=ev.get("kid"), accuracy=ev.get("accuracy"),
                train_samples_s=train, train_source=source, sample_ms=latency, device=device,
-               protocol=str(ev.get("protocol", "")))
+               protocol=str(ev.get("protocol", "")), recognisable=_recognisable(ev),
+               recog_protocol=str(ev.get("recog_protocol", "")))
+
+
+def _recognisable(ev: dict[str, Any]) -> str:
+    keys = ("recog_confident", "recog_class_entropy", "recog_confident_real",
+            "recog_class_entropy_real")
+    if not all(isinstance(ev.get(k), (int, float)) for k in keys):
+        return ""
+    return (f"{ev['recog_confident']:.0%} sure, spread {ev['recog_class_entropy']:.2f} "
+            f"(real {ev['recog_confident_real']:.0%}, {ev['recog_class_entropy_real']:.2f})")
 
 
 def _metrics(run: Path) -> list[dict[str, Any]]:
@@ -118,8 +130,8 @@ def gather(paths: list[str | Path]) -> list[Row]:
     return sorted(rows, key=lambda r: (r.dataset, r.family, r.model, r.run))
 
 
-COLUMNS = ("model", "dataset", "params", "NLL", "FID", "KID", "accuracy", "train samples/s",
-           "sample ms", "device", "run")
+COLUMNS = ("model", "dataset", "params", "NLL", "FID", "KID", "recognisable", "accuracy",
+           "train samples/s", "sample ms", "device", "run")
 
 
 def cells(r: Row, run_label: str | None = None) -> list[str]:
@@ -128,12 +140,13 @@ def cells(r: Row, run_label: str | None = None) -> list[str]:
     params = "" if r.params is None else (f"{r.params / 1e6:.2f}M" if r.params >= 1e6 else f"{r.params / 1e3:.0f}k")
     train = num(r.train_samples_s, ".0f") + (" (log)" if r.train_source == "log" else "")
     return [r.model, r.dataset, params, r.nll, num(r.fid, ".2f"), num(r.kid, ".4f"),
-            "" if r.accuracy is None else f"{r.accuracy:.1%}", train, num(r.sample_ms, ".3g"),
+            r.recognisable, "" if r.accuracy is None else f"{r.accuracy:.1%}", train, num(r.sample_ms, ".3g"),
             r.device, run_label if run_label is not None else r.run]
 
 
 def protocols(rows: list[Row]) -> list[str]:
-    return [f"{r.model} ({r.run}): {r.protocol}" for r in rows if r.protocol]
+    return ([f"{r.model} ({r.run}): {r.protocol}" for r in rows if r.protocol]
+            + [f"{r.model} ({r.run}): {r.recog_protocol}" for r in rows if r.recog_protocol])
 
 
 def markdown(rows: list[Row]) -> str:
@@ -142,7 +155,7 @@ def markdown(rows: list[Row]) -> str:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells(r)) + " |")
     notes = protocols(rows)
     if notes:
-        lines += ["", "FID/KID protocols:", ""] + [f"- {n}" for n in notes]
+        lines += ["", "FID/KID and recognisability protocols:", ""] + [f"- {n}" for n in notes]
     lines += ["", "train samples/s: the trainer loop measured by `zoo bench RUN`, or "
               "\"(log)\": the median of the run's own training log (the machine's load at the time)."]
     return "\n".join(lines)
