@@ -72,3 +72,15 @@ def test_bad_data_is_one_line(runs, data, message):
     assert len(r.output.strip().splitlines()) == 1
     if data == "no-such-set":
         assert "mnist-5k" in r.output and "folder:PATH" in r.output and "recipes" not in r.output
+
+
+@pytest.mark.slow  # ~12 s of CPU: a 1.1M-character corpus tokenized by words twice
+def test_a_word_model_scored_on_another_corpus_through_its_own_tokenizer(tmp_path):
+    from tiny import tiny
+    run = api.train("lstm", "quick", tiny("lstm", steps=2), out=tmp_path / "lstm", progress=False)
+    r = CliRunner().invoke(cli, ["eval", str(run.path), "--data", "tinyshakespeare"])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((run.path / "eval-tinyshakespeare.json").read_text())
+    assert saved["dataset"] == "tinyshakespeare" and saved["perplexity"] > 1
+    r = CliRunner().invoke(cli, ["eval", str(run.path), "--data", "twemoji"])
+    assert r.exit_code == 1 and "twemoji is image data, but lstm models text" in r.output

@@ -93,6 +93,8 @@ def eval_data(loaded: Any, data: str | None, split: str) -> tuple[Any, str]:
         raise ConfigError(f"--data {data}: {spec.name} is {spec.modality} data, but "
                           f"{loaded.name} models {modality}")
     cfg.update(limit=None, label=None)  # the run's subset and attribute belong to its dataset
+    if getattr(getattr(model, "tokenizer", None), "level", None) in ("word", "char"):
+        cfg["tokenizer"] = model.tokenizer.level  # rows cut as the run cuts them (words, chars)
     shape = model.image_shape() if modality == "image" and hasattr(model, "image_shape") else None
     if shape is not None and shape[1] == shape[2]:
         pad = int(cfg.get("pad") or 0)
