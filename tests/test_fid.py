@@ -205,6 +205,7 @@ def test_inception_offline_is_one_line_and_a_cached_file_is_used(monkeypatch, ru
     monkeypatch.setitem(sys.modules, "torch_fidelity", types.ModuleType("torch_fidelity"))
     assert fid.inception_weights() is None or not str(fid.inception_weights()).startswith(
         str(fid.feature_cache()))
+    real_inception_weights = fid.inception_weights
     monkeypatch.setattr(fid, "inception_weights", lambda: None)
     with pytest.raises(ConfigError, match=r"cannot download the InceptionV3 weights from "
                                           r"https://github.com/toshas/torch-fidelity/.*offline\?"):
@@ -215,9 +216,11 @@ def test_inception_offline_is_one_line_and_a_cached_file_is_used(monkeypatch, ru
                                  "inception", "--n-samples", "4"])
     assert r.exit_code == 1 and "offline?" in r.output
     assert len([l for l in r.output.splitlines() if l.startswith("Error")]) == 1
-    # a file already in the cache is what --features inception uses; nothing is fetched
-    monkeypatch.undo()
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    # a file already in the cache is what --features inception uses; nothing is fetched (undo
+    # only this test's patches: a bare monkeypatch.undo() would also drop the isolated data
+    # root and write into the checkout)
+    monkeypatch.setattr(fid, "inception_weights", real_inception_weights)
+    monkeypatch.delitem(sys.modules, "torch_fidelity", raising=False)
     cached = fid.inception_cached()
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_bytes(b"weights")
