@@ -123,7 +123,7 @@ class ToyPlugin:
     @plugins.hookimpl
     def register_models(self, register):
         register("toy-ring", family="toy", dataset={"name": "ring2"},
-                 config={"model": {"enc": {"code": 2}}},
+                 config={"model": {"enc": {"code": 2}}, "train": {"enc": {"lr": 0.03}}},
                  presets={"quick": {"train": {**TRAIN, "enc": {"steps": 20},
                                               "prior": {"steps": 15, "lr": 0.05}}}})
 
@@ -249,7 +249,9 @@ def test_overrides_route_to_stages(toy):
     from genzoo.core.factory import plan
     p = plan("toy-ring", "quick", {"steps": 3, "prior.lr": 0.5, "enc.code": 3})
     assert p.stages["enc"]["train"].steps == 3 and p.stages["prior"]["train"].steps == 3
-    assert p.stages["prior"]["train"].lr == 0.5 and p.stages["enc"]["train"].lr == 0.02
+    assert plan("toy-ring", "quick").stages["enc"]["train"].steps == 20
+    # the entry's enc.lr and the preset's enc.steps merge (a preset refines a stage)
+    assert p.stages["prior"]["train"].lr == 0.5 and p.stages["enc"]["train"].lr == 0.03
     assert p.stages["enc"]["model"] == {"code": 3}
     with pytest.raises(ConfigError, match="unknown key 'bogus' for stage 'enc'"):
         plan("toy-ring", "quick", {"enc.bogus": 1})

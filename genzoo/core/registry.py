@@ -82,7 +82,13 @@ class ModelEntry:
         out["data"].update(self.dataset)
         for layer in (self.config, self.presets[preset]):
             for section, values in (layer or {}).items():
-                out[section].update(values or {})
+                for key, value in (values or {}).items():
+                    # a pipeline's per-stage mappings (train: {prior: {steps: ...}}) merge key by
+                    # key: a preset's stage settings refine the entry's, never replace them whole
+                    if isinstance(value, dict) and isinstance(out[section].get(key), dict):
+                        out[section][key] = {**out[section][key], **value}
+                    else:
+                        out[section][key] = value
         return out
 
 
