@@ -45,6 +45,9 @@ class EBMConfig:
     langevin_noise: float = 0.005  # std of the noise added before each step (book: 0.005)
     langevin_clip: float = 0.03  # each input-gradient value clipped to +-this (book: 0.03)
     data_noise: float = 0.005  # small noise on real images, so the data is not a set of points
+    # the sampler's Langevin steps from noise when it is not given steps (the book's figures
+    # run far more than the 60 of a training batch, whose chains continue from the buffer)
+    sample_steps: int = 60
 
     def __post_init__(self) -> None:
         if self.image_size < 2 or self.channels < 1:
@@ -62,6 +65,8 @@ class EBMConfig:
                                             "langevin_clip"))
         if not self.data_noise >= 0:
             raise ValueError(f"data_noise must be >= 0, got {self.data_noise}")
+        if self.sample_steps < 1:
+            raise ValueError(f"sample_steps must be >= 1, got {self.sample_steps}")
 
 
 def check_langevin(steps: int, step_size: float, noise: float, grad_clip: float | None,
@@ -246,7 +251,8 @@ class EBM(Model):
 
 @dataclass
 class LangevinOptions:
-    steps: int = 60  # book: 60 per training batch; more (e.g. 1000) for the book's figures
+    steps: int | None = None  # None: the model's sample_steps (book: 60 per training batch;
+    # more, e.g. 1000, for the book's figures)
     step_size: float = 10.0
     noise: float = 0.005
     grad_clip: float | None = 0.03
@@ -255,7 +261,8 @@ class LangevinOptions:
     chains: int = 8  # --show-chain: how many chains (rows) are shown
 
     def __post_init__(self) -> None:
-        check_langevin(self.steps, self.step_size, self.noise, self.grad_clip)
+        check_langevin(1 if self.steps is None else self.steps, self.step_size, self.noise,
+                       self.grad_clip)
         if self.frames < 2:
             raise ValueError(f"frames must be >= 2, got {self.frames}")
         if self.chains < 1:
@@ -279,15 +286,16 @@ class LangevinSampler(Sampler):
                show: tuple[str, ...] = (), **_: Any) -> ImageSample:
         o, c = self.options, model.config
         shape = (n, c.channels, c.image_size, c.image_size)
+        steps = o.steps or c.sample_steps
         if o.start == "buffer" and model.replay_count > 0:
             pick = torch.randint(0, model.replay_count, (n,), generator=generator)
             x0 = model.replay[pick.to(model.replay.device)].to(model.device)
         else:
             x0 = uniform_images(shape, generator, model.device)
-        at = sorted({round(i * o.steps / (o.frames - 1)) for i in range(o.frames)})
+        at = sorted({round(i * steps / (o.frames - 1)) for i in range(o.frames)})
         record = set(at) if "chain" in show else None
         with torch.autocast(model.device.type, enabled=False):
-            x, frames = langevin(model.score, x0, o.steps, o.step_size, o.noise, o.grad_clip,
+            x, frames = langevin(model.score, x0, steps, o.step_size, o.noise, o.grad_clip,
                                  generator, record)
         out = ImageSample((x.detach().float().cpu() + 1) / 2)
         if record:
