@@ -43,6 +43,7 @@ class PixelCNNMDConfig:
     dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # cycled over the blocks
     mixtures: int = 5  # logistic components per pixel (book: 5)
     dropout: float = 0.0  # inside the gated blocks (paper: 0.5 on CIFAR; book: 0.3)
+    sample_temperature: float = 1.0  # the samplers' temperature when they are not given one
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -57,6 +58,8 @@ class PixelCNNMDConfig:
             raise ValueError(f"dilations must be a non-empty list of integers >= 1, got {self.dilations}")
         if self.image_size < 2:
             raise ValueError(f"image_size must be >= 2, got {self.image_size}")
+        if not self.sample_temperature > 0:
+            raise ValueError(f"sample_temperature must be > 0, got {self.sample_temperature}")
 
 
 # -- shifted convolutions --------------------------------------------------------------------
@@ -288,11 +291,13 @@ class PixelCNNMD(Model):
 
 @dataclass
 class MDSamplerOptions:
-    temperature: float = 1.0  # scales every logistic's scale (< 1: smoother, surer images)
+    # scales every logistic's scale (< 1: smoother, surer images); None: the model's
+    # sample_temperature (1.0 unless its preset says otherwise)
+    temperature: float | None = None
     size: int | None = None  # generate at another size than trained (fully convolutional)
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
+        if self.temperature is not None and not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.size is not None and self.size < 1:
             raise ValueError(f"size must be >= 1, got {self.size}")
@@ -316,7 +321,8 @@ class NaiveSampler(Sampler):
         levels = torch.zeros(n, c.channels, h, w, dtype=torch.long, device=model.device)
 
         def draw(params: torch.Tensor) -> torch.Tensor:  # (n, P) -> (n, C)
-            return sample_mixture(params, c.channels, c.mixtures, generator, o.temperature)
+            return sample_mixture(params, c.channels, c.mixtures, generator,
+                                  o.temperature or c.sample_temperature)
         return raster_sample(levels, model, draw).float() / 255
 
 
@@ -379,7 +385,7 @@ class CachedSampler(Sampler):
     def sample(self, model: PixelCNNMD, n: int, generator: torch.Generator, **_: object) -> torch.Tensor:
         o, c = self.options, model.config
         h = w = o.size or c.image_size
-        walk = RowWalk(model, n, h, w, o.temperature,
+        walk = RowWalk(model, n, h, w, o.temperature or c.sample_temperature,
                        uniforms(generator, (h * w, n, 1 + c.channels), model.device))
         raster_steps(walk.pixel_step, h, w, model.device, o.cuda_graph, row_step=walk.row_step)
         return walk.levels.view(n, c.channels, h, w).float() / 255
