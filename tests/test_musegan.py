@@ -105,3 +105,17 @@ def test_a_trained_run_keeps_its_ranges_and_zoo_eval_reports_the_figures(tmp_pat
     assert out["pairwise_distance_real"] > 0.5 and out["pairwise_distance_ratio"] is not None
     assert 0 <= out["note_length_hist_tv"] <= 1
     assert len(out["note_length_hist"]["generated"]) == 32
+
+
+def test_minibatch_std_critic_reads_the_batch_spread_and_keeps_the_keys():
+    from genzoo.nn.gan import gradient_penalty
+    plain, mb = tiny_gan(), tiny_gan(minibatch_std=True)
+    assert plain.critic.state_dict().keys() == mb.critic.state_dict().keys()  # old runs load
+    x = torch.rand(6, 4, 2, 16, 84) * 2 - 1
+    one = mb.critic(x)
+    assert one.shape == (6,)
+    same = x[:1].expand(6, -1, -1, -1, -1)  # a collapsed batch: spread 0, a different score
+    assert not torch.allclose(mb.critic(same)[0], one[0], rtol=1e-3, atol=0)
+    assert torch.allclose(plain.critic(same), plain.critic(x[:1]).expand(6), rtol=1e-4, atol=0)
+    gp = gradient_penalty(mb.critic, x, torch.rand_like(x))
+    assert torch.isfinite(gp)

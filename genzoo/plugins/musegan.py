@@ -57,6 +57,7 @@ class MuseGANConfig:
     critic_steps: int = 5  # book: CRITIC_STEPS
     gp_weight: float = 10.0  # book: GP_WEIGHT
     pitch_range: Literal["data", "full"] = "data"  # data: each voice only its training range
+    minibatch_std: bool = False  # the critic also reads the batch's spread (ProGAN, against collapse)
     eval_n: int = 256  # pieces zoo eval draws for the diversity and histogram figures
 
     def __post_init__(self) -> None:
@@ -159,10 +160,18 @@ class Critic(nn.Module):
             *conv(w, w, (1, 2, 1), (1, 2, 1)),  # -> 4
             *conv(w, 2 * w, (1, 4, 1), (1, 2, 1), (0, 1, 0)),  # -> 2
             *conv(2 * w, 4 * w, (1, 3, 1), (1, 2, 1), (0, 1, 0)),  # -> 1
-            nn.Flatten(), nn.Linear(4 * w, 8 * w), nn.LeakyReLU(0.3), nn.Linear(8 * w, 1))
+            nn.Flatten(), nn.Linear(4 * w + int(c.minibatch_std), 8 * w), nn.LeakyReLU(0.3),
+            nn.Linear(8 * w, 1))
+        self.minibatch_std = c.minibatch_std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).flatten()
+        if not self.minibatch_std:
+            return self.net(x).flatten()
+        h = self.net[:-3](x)  # the features before the dense layers (the same keys as without)
+        # one more feature: how much the batch's features vary (ProGAN's minibatch std)
+        spread = h.float().std(0, unbiased=False).mean().to(h.dtype) if len(h) > 1 else \
+            h.new_zeros(())
+        return self.net[-3:](torch.cat([h, spread.expand(len(h), 1)], dim=1)).flatten()
 
 
 class MuseGAN(Model):
