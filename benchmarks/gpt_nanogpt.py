@@ -43,7 +43,11 @@ from genzoo import api
 
 TEXT = Path(__file__).resolve().parents[1] / "genzoo" / "data" / "tinyshakespeare.txt"
 BLOCK = 64
-NANOGPT = {"train.amp": "none", "train.sample_every": 0}  # nanoGPT on a CPU: fp32
+# nanoGPT's recipe, pinned here (the preset may move on): fp32 as nanoGPT runs on a CPU
+NANOGPT = {"train.amp": "none", "train.sample_every": 0, "train.steps": 2000, "train.batch_size": 12,
+           "train.lr": 1e-3, "train.warmup_steps": 100, "train.schedule": "cosine",
+           "train.lr_floor": 0.1, "train.betas": [0.9, 0.99], "train.weight_decay": 0.1,
+           "train.grad_clip": 1.0, "model.dropout": 0.0}
 
 
 def parse_value(v: str):
