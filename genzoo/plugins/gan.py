@@ -30,7 +30,7 @@ from torch import nn
 from genzoo.errors import ConfigError, DataError
 from genzoo.family import Model, Sampler, fused_adam_ok, gaussian
 from genzoo.nn.gan import gradient_penalty, init_weights
-from genzoo.nn.utils import eval_mode, frozen
+from genzoo.nn.utils import eval_mode, frozen, square_image_config
 
 
 # -- configs ----------------------------------------------------------------------------------
@@ -175,13 +175,7 @@ class GAN(Model):
 
     @classmethod
     def config_from_data(cls, data: Any) -> dict[str, Any]:
-        shape = getattr(data, "shape", None)
-        if not shape:
-            return {}
-        if len(shape) != 3 or shape[1] != shape[2]:
-            raise DataError(f"{cls.__name__} needs square images, got {tuple(shape)}; resize them "
-                            "with --set data.size=64")
-        return {"image_size": int(shape[-1]), "channels": int(shape[0])}
+        return square_image_config(cls, data, 64)
 
     @property
     def adversary(self) -> nn.Module:

@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genzoo.errors import ConfigError, DataError
+from genzoo.errors import ConfigError
 from genzoo.family import ImageSample, Model, ModelConfig, Sampler, fused_adam_ok, gaussian
-from genzoo.nn.utils import frozen
+from genzoo.nn.utils import frozen, square_image_config
 
 AUGMENTS = ("color", "translation", "cutout")
 NoiseMode = Literal["const", "random", "none"]
@@ -397,13 +397,7 @@ class StyleGAN2(Model):
 
     @classmethod
     def config_from_data(cls, data: Any) -> dict[str, Any]:
-        shape = getattr(data, "shape", None)
-        if not shape:
-            return {}
-        if len(shape) != 3 or shape[1] != shape[2]:
-            raise DataError(f"StyleGAN2 needs square images, got {tuple(shape)}; resize them "
-                            "with --set data.size=32")
-        return {"image_size": int(shape[-1]), "channels": int(shape[0])}
+        return square_image_config(cls, data, 32)
 
     @property
     def generator_modules(self) -> list[nn.Module]:

@@ -61,7 +61,7 @@ from genzoo.family import (ImageSample, Model, Pipeline, Sampler, SamplerOptions
 from genzoo.nn.autoregressive import generate
 from genzoo.nn.gan import init_weights
 from genzoo.nn.transformer import Block, KVCache
-from genzoo.nn.utils import eval_mode
+from genzoo.nn.utils import eval_mode, square_image_config
 
 EXAMPLES = 16  # training images the autoencoder keeps for the reconstruct / complete samplers
 
@@ -397,13 +397,7 @@ class VQAutoencoder(Model):
 
     @classmethod
     def config_from_data(cls, data: Any) -> dict[str, Any]:
-        shape = getattr(data, "shape", None)
-        if not shape:
-            return {}
-        if len(shape) != 3 or shape[1] != shape[2]:
-            raise DataError(f"VQ-GAN needs square images, got {tuple(shape)}; resize them with "
-                            "--set data.size=64")
-        return {"image_size": int(shape[-1]), "channels": int(shape[0])}
+        return square_image_config(cls, data, 64)
 
     def setup(self, data: Any) -> None:
         """Keep EXAMPLES training images, spread over the set, for the samplers that show real
