@@ -266,8 +266,9 @@ def _sort_values(r: lb.Row) -> list[float | None]:
             nll = float(r.nll.split()[0])
         except ValueError:
             nll = None
-    return [None, None, r.params, nll, r.fid, r.kid, r.accuracy, r.train_samples_s, r.sample_ms,
-            None, None]
+    # one value per leaderboard column (lb.COLUMNS); None sorts the cell by its text
+    return [None, None, r.params, nll, r.fid, r.kid, None, r.accuracy, r.train_samples_s,
+            r.sample_ms, None, None]
 
 
 def _board(rows: list[tuple[lb.Row, str]]) -> str:
