@@ -131,3 +131,24 @@ def fsync(path: Path) -> None:
         # directories cannot be fsynced everywhere (Windows)
     finally:
         os.close(fd)
+
+
+class file_lock:
+    """An exclusive flock on `path` while held (blocking; a no-op without fcntl): one process
+    builds a shared file (a decoded image cache, a cached feature network, a download), the
+    others wait and then find it built."""
+
+    def __init__(self, path: Path):
+        self.path, self.fd = path, -1
+
+    def __enter__(self) -> "file_lock":
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            import fcntl
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except ImportError:
+            pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        os.close(self.fd)

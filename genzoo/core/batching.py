@@ -1,6 +1,7 @@
 """Batches of a dataset: the trainer's deterministic order (``StepBatches``: step s's batch is a
-pure function of the seed and s), every example once in order (``batches``, for evaluation), and
-a host batch made ready for the model (``batch_to_device``)."""
+pure function of the seed and s), every example once in order (``batches``, for evaluation), a
+host batch made ready for the model (``batch_to_device``), and a model's mean held-out figures
+over a split (``evaluate_loss``)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -64,3 +65,24 @@ class StepBatches:
 
     def __call__(self, step: int) -> dict[str, Any]:
         return self.data.batch(self.index(step))
+
+
+def evaluate_loss(model: Any, data: Any, device: Any, batch_size: int = 256) -> dict[str, float]:
+    """Mean of each scalar the family's ``evaluation_step`` reports, over a split (in eval mode;
+    the model's mode is restored afterwards)."""
+    import torch
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    n = 0
+    try:
+        for batch in batches(data, batch_size, device):
+            out = model.evaluation_step(batch)
+            b = int(next(iter(batch.values())).shape[0])
+            for k, v in out.items():
+                if isinstance(v, torch.Tensor) and v.numel() == 1:
+                    totals[k] = totals.get(k, 0.0) + float(v) * b
+            n += b
+    finally:
+        model.train(was_training)
+    return {k: v / max(n, 1) for k, v in totals.items()}

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genzoo.core.atomic import file_lock
 from genzoo.errors import ConfigError
 
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's file name
@@ -83,16 +84,17 @@ def serves_as_features(model_cls: type) -> bool:
         and getattr(model_cls, "modality", None) == "image"
 
 
-def family_serves_as_features(family: Any) -> bool:
-    """Whether registry family `family`'s model serves as features (its ``module:attr`` resolved
-    now); False for a name that is not a family here (a plugin not installed, a damaged
-    config)."""
+def family_serves_as_features(family: Any,
+                              serves: Callable[[type], bool] = serves_as_features) -> bool:
+    """Whether registry family `family`'s model passes `serves` (default: serves as features;
+    its ``module:attr`` resolved now); False for a name that is not a family here (a plugin not
+    installed, a damaged config)."""
     from genzoo.core.registry import registry
     from genzoo.errors import GenzooError
     if not isinstance(family, str):
         return False
     try:
-        return serves_as_features(registry().get_family(family).model_class())
+        return serves(registry().get_family(family).model_class())
     except GenzooError:
         return False
 
@@ -148,7 +150,7 @@ def download_inception(url: str = INCEPTION_URL, timeout: float = 30.0) -> Path:
     import urllib.request
     target = inception_cached()
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _Lock(target.parent / f".{target.name}.lock"):
+    with file_lock(target.parent / f".{target.name}.lock"):
         if target.is_file():
             return target
         tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
@@ -190,18 +192,19 @@ def inception_features() -> ImageFeatures:
                          "InceptionV3 pool3 (2048-d, torch-fidelity weights, 299x299)", net)
 
 
-def find_feature_run(dataset: str, folders: list[Path]) -> Path | None:
-    """The newest finished run on `dataset` under any of `folders` whose model can serve as the
-    feature network (``serves_as_features``; its class resolved through the registry)."""
+def find_feature_run(dataset: str, folders: list[Path],
+                     serves: Callable[[type], bool] = serves_as_features) -> Path | None:
+    """The newest finished run on `dataset` under any of `folders` whose model passes `serves`
+    (default: it can serve as the feature network; its class resolved through the registry)."""
     import json
-    capable: dict[str, bool] = {}  # family -> whether its model serves as features
+    capable: dict[str, bool] = {}  # family -> whether its model passes `serves`
     found = []
     for folder in folders:
         if not folder.is_dir():
             continue
         for cfg_path in folder.glob("*/config.json"):
             try:
-                cfg = json.loads(cfg_path.read_text())
+                cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
             run = cfg_path.parent
@@ -210,11 +213,13 @@ def find_feature_run(dataset: str, folders: list[Path]) -> Path | None:
                 continue
             family = cfg.get("family")
             if isinstance(family, str) and family not in capable:
-                capable[family] = family_serves_as_features(family)
+                capable[family] = family_serves_as_features(family, serves)
             if isinstance(family, str) and capable[family]:
-                state = run / "trainer.json"
-                done = state.exists() and json.loads(state.read_text()).get("complete", False)
-                if done:
+                try:
+                    state = json.loads((run / "trainer.json").read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    continue
+                if isinstance(state, dict) and state.get("complete", False):
                     found.append((run.stat().st_mtime, run))
     return max(found)[1] if found else None
 
@@ -242,26 +247,6 @@ def resolve_features(spec: str | None, dataset: str, search: list[Path],
 def _has_torch_fidelity() -> bool:
     import importlib.util
     return importlib.util.find_spec("torch_fidelity") is not None
-
-
-class _Lock:
-    """An exclusive flock on `path` while held (blocking; no-op without fcntl): one process
-    trains or downloads, the others wait and then find the result."""
-
-    def __init__(self, path: Path):
-        self.path, self.fd = path, -1
-
-    def __enter__(self) -> "_Lock":
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            import fcntl
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except ImportError:
-            pass
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        os.close(self.fd)
 
 
 def feature_models(dataset: str) -> list[Any]:
@@ -334,7 +319,7 @@ def auto_feature_run(dataset: str, search: list[Path] | None = None,
     if _finished(target):
         return target
     cache.mkdir(parents=True, exist_ok=True)
-    with _Lock(cache / f".{target.name}.lock"):
+    with file_lock(cache / f".{target.name}.lock"):
         if _finished(target):  # another eval trained it while this one waited
             return target
         from genzoo.core.runner import train

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from genzoo.core import faults
+from genzoo.core.atomic import file_lock
 from genzoo.core.data_config import DataConfig, data_root
 from genzoo.core.datasets import ImageData, split_index
 from genzoo.core.progress import count_bar
@@ -173,7 +174,7 @@ def _decode_to_cache(files: list[Path], cache: Path, size: Any, mode: str, folde
     (even under kill -9), and temporaries that a killed decode left are removed here."""
     import numpy as np
     cache.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(cache.with_name(cache.name + ".lock")):
+    with file_lock(cache.with_name(cache.name + ".lock")):
         remove_stale_temporaries(cache.parent, holding=cache)
         if cache.exists():  # another process decoded it while we waited
             return
@@ -315,25 +316,6 @@ def _lock_is_free(lock: Path) -> bool:
 def _decode_progress(total: int, folder: Path) -> Any:
     import sys
     return count_bar(f"decoding {folder.name}", total >= 2000 and sys.stderr.isatty())
-
-
-class _file_lock:
-    """An exclusive flock held while one process builds a shared file (no-op without fcntl)."""
-
-    def __init__(self, path: Path):
-        self.path, self.fd = path, None
-
-    def __enter__(self) -> "_file_lock":
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            import fcntl
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except ImportError:
-            pass
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        os.close(self.fd)
 
 
 def _center_crop_resize(im: Any, size: int) -> Any:

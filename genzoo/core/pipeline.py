@@ -138,9 +138,7 @@ class Pipeline(Model):
     def evaluate_extra(self, data: Any, out_dir: Any = None) -> dict[str, Any]:
         """Each component's held-out loss terms on its stage's data (``STAGE/KEY``), then the
         family's ``figures``."""
-        import torch
-
-        from genzoo.core.batching import batches
+        from genzoo.core.batching import evaluate_loss
         out: dict[str, Any] = {}
         upstream: dict[str, Model] = {}
         for s in self.stages:
@@ -148,16 +146,8 @@ class Pipeline(Model):
                 break
             component = self.parts[s.name]
             stage_data = type(self).stage_data(s.name, data, upstream)
-            totals: dict[str, float] = {}
-            n = 0
-            with torch.no_grad():
-                for batch in batches(stage_data, 256, self.device):
-                    b = int(next(iter(batch.values())).shape[0])
-                    for k, v in component.evaluation_step(batch).items():
-                        if isinstance(v, torch.Tensor) and v.numel() == 1:
-                            totals[k] = totals.get(k, 0.0) + float(v) * b
-                    n += b
-            out.update({f"{s.name}/{k}": v / max(n, 1) for k, v in totals.items()})
+            losses = evaluate_loss(component, stage_data, self.device)
+            out.update({f"{s.name}/{k}": v for k, v in losses.items()})
             upstream[s.name] = component
         out.update(self.figures(data))
         return out

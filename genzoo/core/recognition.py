@@ -8,9 +8,9 @@ chapter-2 classifier? An Inception-Score-like figure without Inception, in two p
 
 Both are printed beside the same figures for real held-out images of the dataset, seen through
 the same transform (channels, size): the ceiling a generator can reach with this classifier.
-The classifier is the newest finished class-logits run on the dataset in the search folders, else
-the dataset's registered classifier trained once with its quick preset and cached under the data
-root (``genzoo.core.fid.auto_feature_run``).
+The classifier is the newest finished class-logits run on the dataset in the search folders
+(``genzoo.core.fid.find_feature_run``), else the dataset's registered classifier trained once with
+its quick preset and cached under the data root (``genzoo.core.fid.auto_feature_run``).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from genzoo.core import fid
 from genzoo.errors import ConfigError
 
 THRESHOLD = 0.9
@@ -34,35 +35,6 @@ def serves_as_judge(model_cls: type) -> bool:
         and getattr(model_cls, "modality", None) == "image"
 
 
-def find_judge(dataset: str, folders: list[Path]) -> Path | None:
-    """The newest finished run on `dataset` under `folders` whose model has class logits."""
-    import json
-
-    from genzoo.core.registry import registry
-    from genzoo.errors import GenzooError
-    found = []
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        for cfg_path in folder.glob("*/config.json"):
-            try:
-                cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-                state = json.loads((cfg_path.parent / "trainer.json").read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if not (isinstance(cfg, dict) and isinstance(state, dict) and state.get("complete")
-                    and cfg.get("data", {}).get("name") == dataset
-                    and isinstance(cfg.get("family"), str)):
-                continue
-            try:
-                ok = serves_as_judge(registry().get_family(cfg["family"]).model_class())
-            except GenzooError:
-                continue
-            if ok:
-                found.append((cfg_path.parent.stat().st_mtime, cfg_path.parent))
-    return max(found)[1] if found else None
-
-
 def judge_run(dataset: str, spec: str | None = None, search: list[Path] | None = None) -> Path:
     """The classifier run that judges samples of `dataset`: `spec` (a run folder) when given,
     else one found in `search`, else the cached quick classifier (trained once)."""
@@ -71,11 +43,10 @@ def judge_run(dataset: str, spec: str | None = None, search: list[Path] | None =
             raise ConfigError(f"--classifier {spec}: no such run folder; give a classifier run "
                               "(zoo train cnn-mnist) or 'auto'")
         return Path(spec)
-    run = find_judge(dataset, search or [])
+    run = fid.find_feature_run(dataset, search or [], serves_as_judge)
     if run is not None:
         return run
-    from genzoo.core.fid import auto_feature_run
-    return auto_feature_run(dataset, search, train_overrides=QUICK,
+    return fid.auto_feature_run(dataset, search, train_overrides=QUICK,
                             what="its quick preset, to judge recognisability")
 
 
@@ -84,7 +55,6 @@ class Judge:
     in [0, 1] of any size and 1 or 3 channels -> class probabilities."""
 
     def __init__(self, run_path: str | Path, device: str = "cpu"):
-        from genzoo.core.fid import ImageFeatures
         from genzoo.core.runner import load_run
         loaded = load_run(run_path, device=device)
         model = loaded.model
@@ -97,7 +67,7 @@ class Judge:
         self.k = int(getattr(model.config, "num_classes", 0) or len(classes))
         self.classes = classes
         self.name = f"{loaded.name} run {loaded.path}"
-        self.net = ImageFeatures(model.class_logits, shape, self.k, self.name, model).eval()
+        self.net = fid.ImageFeatures(model.class_logits, shape, self.k, self.name, model).eval()
         self.device = model.device
 
     @torch.no_grad()

@@ -13,14 +13,13 @@ import torch
 from genzoo.core import config as configlib
 from genzoo.core import distributed as dist
 from genzoo.core import stages
-from genzoo.core.commit import recover
 from genzoo.core.data_config import DataConfig
 from genzoo.core.factory import build_from_config, build_model, family_of, plan, run_field
 from genzoo.core.pipeline import is_pipeline_run
-from genzoo.core.run_folder import TRAINER_JSON, WEIGHTS, Run, RunLock
+from genzoo.core.run_folder import TRAINER_JSON, WEIGHTS, Run
 # the session's pieces, importable from here as before (genzoo.api re-exports them)
 from genzoo.core.session import (LoadedRun, _config_record, _create, _fit, _on_main,  # noqa: F401
-                                 _session, _settle, evaluate_loss, sample_writer)
+                                 _session, _settle, _take, evaluate_loss, sample_writer)
 from genzoo.core.sources import load as load_data
 from genzoo.core.train_config import TrainConfig, pick_device, validate_train
 from genzoo.core.trainer import Trainer
@@ -84,16 +83,7 @@ def resume(path: str | os.PathLike, steps: int | None = None, progress: bool = T
         train_cfg.device = device
     validate_train(train_cfg)
     with _session(train_cfg.device):
-        def take() -> Run:
-            lock = RunLock(run.path).acquire()
-            try:
-                recover(run.path)  # after a kill: finish or drop a half-written checkpoint
-            except BaseException:
-                lock.release()
-                raise
-            run.lock = lock
-            return run
-        _, lock = _on_main(take)
+        lock = _take(run, [run.path])
         try:
             if not (run.path / TRAINER_JSON).exists():
                 raise CheckpointError(f"{run.path} has no trainer state to resume from")

@@ -19,7 +19,7 @@ from genzoo.core import config as configlib
 from genzoo.core import distributed as dist
 from genzoo.core import sample as samplelib
 from genzoo.core import signals
-from genzoo.core.batching import batches
+from genzoo.core.batching import evaluate_loss
 from genzoo.core.commit import has_checkpoint, recover, start_over, verify
 from genzoo.core.data_config import DataConfig
 from genzoo.core.factory import Plan, versions
@@ -110,6 +110,23 @@ def _create(name: str, out: str | os.PathLike | None) -> Run:
     return run
 
 
+def _take(run: Run, folders: list[Path]) -> Any:
+    """For a resume: take `run`'s lock on rank 0 and, after a kill, finish or drop the
+    half-written checkpoint in each of `folders` (the run itself, or a pipeline's component
+    folders); every rank gets rank 0's one-line error. Returns the lock (None off rank 0)."""
+    def take() -> Run:
+        lock = RunLock(run.path).acquire()
+        try:
+            for folder in folders:
+                recover(folder)
+        except BaseException:
+            lock.release()
+            raise
+        run.lock = lock
+        return run
+    return _on_main(take)[1]
+
+
 def _on_main(make: Callable[[], Run], fresh: bool = False) -> tuple[Run, Any]:
     """``make()`` on rank 0 (create or open the run, take its lock); its run folder, or its
     one-line error, reaches every rank."""
@@ -152,26 +169,6 @@ def _finish(run: Run, trainer: Trainer, data_cfg: DataConfig) -> None:
         loss_curve(run)
     except Exception:
         pass
-
-
-def evaluate_loss(model: Any, data: Any, device: torch.device,
-                  batch_size: int = 256) -> dict[str, float]:
-    """Mean of each scalar the family's ``evaluation_step`` reports, over a split."""
-    was_training = model.training
-    model.eval()
-    totals: dict[str, float] = {}
-    n = 0
-    try:
-        for batch in batches(data, batch_size, device):
-            out = model.evaluation_step(batch)
-            b = int(next(iter(batch.values())).shape[0])
-            for k, v in out.items():
-                if isinstance(v, torch.Tensor) and v.numel() == 1:
-                    totals[k] = totals.get(k, 0.0) + float(v) * b
-            n += b
-    finally:
-        model.train(was_training)
-    return {k: v / max(n, 1) for k, v in totals.items()}
 
 
 @dataclass

@@ -25,15 +25,16 @@ from genzoo.core import distributed as dist
 from genzoo.core import sample as samplelib
 from genzoo.core.artifacts import load_artifacts
 from genzoo.core.atomic import read_json, write_json
-from genzoo.core.commit import recover, verify
+from genzoo.core.commit import verify
 from genzoo.core.data_config import DataConfig
 from genzoo.core.factory import Plan, family_of, run_field, versions
 from genzoo.core.pipeline import (REFERENCE, Upstream, bind, component_dir, read_index,
                                   resolve, write_index, write_reference)
 from genzoo.core.registry import FamilyEntry
-from genzoo.core.run_folder import CONFIG, EMA_WEIGHTS, TRAINER_JSON, WEIGHTS, Run, RunLock
+from genzoo.core.run_folder import CONFIG, EMA_WEIGHTS, TRAINER_JSON, WEIGHTS, Run
 from genzoo.core.sampler import draw
-from genzoo.core.session import (LoadedRun, _create, _on_main, _session, _settle, evaluate_loss)
+from genzoo.core.session import (LoadedRun, _create, _on_main, _session, _settle, _take,
+                                 evaluate_loss)
 from genzoo.core.sources import load as load_data
 from genzoo.core.tensors import load_weights
 from genzoo.core.train_config import TrainConfig, pick_device, validate_train
@@ -177,19 +178,8 @@ def resume(path: str | os.PathLike, steps: int | None = None, progress: bool = T
             spec.trains[name].device = device
         validate_train(spec.trains[name])
     with _session(spec.trains[current].device):
-        def take() -> Run:
-            lock = RunLock(run.path).acquire()
-            try:
-                for name in spec.cls.stage_names():
-                    folder = component_dir(run.path, name)
-                    if folder.is_dir() and not (folder / REFERENCE).exists():
-                        recover(folder)  # after a kill: finish or drop a half-written checkpoint
-            except BaseException:
-                lock.release()
-                raise
-            run.lock = lock
-            return run
-        _, lock = _on_main(take)
+        own = [component_dir(run.path, n) for n in spec.cls.stage_names()]
+        lock = _take(run, [f for f in own if f.is_dir() and not (f / REFERENCE).exists()])
         try:
             data = load_data(spec.data, "train")
             if steps is not None and dist.is_main():
