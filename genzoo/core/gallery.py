@@ -266,9 +266,11 @@ def _sort_values(r: lb.Row) -> list[float | None]:
             nll = float(r.nll.split()[0])
         except ValueError:
             nll = None
-    # one value per leaderboard column (lb.COLUMNS); None sorts the cell by its text
-    return [None, None, r.params, nll, r.fid, r.kid, None, r.accuracy, r.train_samples_s,
-            r.sample_ms, None, None]
+    # by column name, so a column added to lb.COLUMNS sorts as text instead of shifting the rest
+    numeric = {"params": r.params, "NLL": nll, "FID": r.fid, "KID": r.kid,
+               "accuracy": r.accuracy, "train samples/s": r.train_samples_s,
+               "sample ms": r.sample_ms}
+    return [numeric.get(c) for c in lb.COLUMNS]
 
 
 def _board(rows: list[tuple[lb.Row, str]]) -> str:
