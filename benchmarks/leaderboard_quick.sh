@@ -26,6 +26,9 @@ for m in pixelcnn pixelcnn-mnist pixelcnn-md pixelcnn-md-mnist autoencoder vae-f
   train $m
   metrics=fid,kid; grep -q '"likelihood_unit"\|pixelcnn\|vae' $m/config.json 2>/dev/null && metrics=fid,kid,nll
   [ -d $m ] && $ZOO eval $m --metrics $metrics --n-samples 100 > $m.eval.txt 2>&1
+  # issue 23's figure: 200 samples judged by the quick chapter-2 CNN of the same data (merged
+  # into the run's eval.json beside FID/KID)
+  [ -d $m ] && $ZOO eval $m --metrics recognisable --n-samples 200 >> $m.eval.txt 2>&1
 done
 for m in lstm gpt gpt-shakespeare realnvp realnvp-deep musegan music-transformer; do
   train $m

@@ -76,6 +76,24 @@ def test_sampling_is_reproducible_and_shows_chains():
     assert torch.equal(chain.images[3::4], s1.images)  # the last column is the final state
 
 
+def test_sample_start_buffer_continues_the_persistent_chains():
+    model = small(sample_start="buffer")
+    empty = draw(model, LangevinSampler(steps=1), 2, torch.Generator().manual_seed(0))
+    assert empty.images.shape == (2, 1, 16, 16)  # an empty buffer falls back to noise (previews)
+    model.negatives(32, torch.device("cpu"))  # fills 32 slots of the buffer
+    buffer = model.replay[:model.replay_count]
+    tiny_step = dict(steps=1, step_size=1e-6, noise=0.0)  # moves no pixel visibly
+    x = draw(model, LangevinSampler(**tiny_step), 4, torch.Generator().manual_seed(0)).images * 2 - 1
+    nearest = torch.cdist(x.flatten(1), buffer.flatten(1)).min(dim=1).values
+    assert nearest.max() < 0.05  # each sample is a buffer entry continued by one step (to rounding)
+    # start=noise given to the sampler overrides the model's default
+    x = draw(model, LangevinSampler(start="noise", **tiny_step), 4,
+             torch.Generator().manual_seed(7)).images * 2 - 1  # not the buffer's own seed 0
+    assert torch.cdist(x.flatten(1), buffer.flatten(1)).min(dim=1).values.min() > 1.0
+    with pytest.raises(ValueError, match="sample_start"):
+        EBMConfig(sample_start="replay")
+
+
 @pytest.mark.parametrize("options,word", [({"steps": 0}, "steps"), ({"step_size": -1.0}, "step_size"),
                                           ({"noise": -0.1}, "noise"), ({"frames": 1}, "frames")])
 def test_bad_sampler_options_are_refused(options, word):
@@ -97,7 +115,7 @@ def test_energy_of_data_falls_below_energy_of_noise_after_a_short_run(run):
     assert test["energy_real"] < test["energy_noise"]
     loaded = api.load_run(run.path)
     data = loaded.data("test").images()[:64] * 2 - 1
-    noise = torch.rand(64, 1, 32, 32) * 2 - 1
+    noise = torch.rand(64, *data.shape[1:]) * 2 - 1
     with torch.no_grad():
         assert loaded.model.energy(data).mean() < loaded.model.energy(noise).mean()
 

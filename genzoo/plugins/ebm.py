@@ -48,6 +48,10 @@ class EBMConfig:
     # the sampler's Langevin steps from noise when it is not given steps (the book's figures
     # run far more than the 60 of a training batch, whose chains continue from the buffer)
     sample_steps: int = 60
+    # where the sampler's chains start when it is not told: "noise" (the book's figures) or
+    # "buffer" (continue the replay buffer's persistent chains, as Du & Mordatch show their
+    # samples: a short run's energy gives speckled digits from noise but readable ones there)
+    sample_start: Literal["noise", "buffer"] = "noise"
 
     def __post_init__(self) -> None:
         if self.image_size < 2 or self.channels < 1:
@@ -67,6 +71,8 @@ class EBMConfig:
             raise ValueError(f"data_noise must be >= 0, got {self.data_noise}")
         if self.sample_steps < 1:
             raise ValueError(f"sample_steps must be >= 1, got {self.sample_steps}")
+        if self.sample_start not in ("noise", "buffer"):
+            raise ValueError(f"sample_start must be 'noise' or 'buffer', got {self.sample_start!r}")
 
 
 def check_langevin(steps: int, step_size: float, noise: float, grad_clip: float | None,
@@ -256,7 +262,8 @@ class LangevinOptions:
     step_size: float = 10.0
     noise: float = 0.005
     grad_clip: float | None = 0.03
-    start: Literal["noise", "buffer"] = "noise"  # buffer: continue chains from the run's buffer
+    # buffer: continue chains from the run's buffer; None: the model's sample_start
+    start: Literal["noise", "buffer"] | None = None
     frames: int = 8  # --show-chain: states shown per chain, evenly spaced, start and end included
     chains: int = 8  # --show-chain: how many chains (rows) are shown
 
@@ -287,7 +294,9 @@ class LangevinSampler(Sampler):
         o, c = self.options, model.config
         shape = (n, c.channels, c.image_size, c.image_size)
         steps = o.steps or c.sample_steps
-        if o.start == "buffer" and model.replay_count > 0:
+        # the model's default start falls back to noise while the buffer is empty (the
+        # trainer's preview grid before the first step); an explicit start=buffer was checked
+        if (o.start or c.sample_start) == "buffer" and model.replay_count > 0:
             pick = torch.randint(0, model.replay_count, (n,), generator=generator)
             x0 = model.replay[pick.to(model.replay.device)].to(model.device)
         else:
