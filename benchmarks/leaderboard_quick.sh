@@ -22,7 +22,7 @@ train() {  # name [extra args]: trains into ./NAME, records the wall time
 # the feature networks for FID/KID first: `zoo eval --features auto` finds them beside each run
 for m in cnn-fashion cnn-mnist cnn-twemoji; do train $m; $ZOO eval $m > $m.eval.txt 2>&1; done
 for m in pixelcnn pixelcnn-mnist pixelcnn-md pixelcnn-md-mnist autoencoder vae-fashion vae-faces \
-         dcgan wgan-gp cgan ebm ddm; do
+         dcgan dcgan-mnist wgan-gp wgan-gp-fashion cgan ebm ddm ddm-mnist; do
   train $m
   metrics=fid,kid; grep -q '"likelihood_unit"\|pixelcnn\|vae' $m/config.json 2>/dev/null && metrics=fid,kid,nll
   [ -d $m ] && $ZOO eval $m --metrics $metrics --n-samples 100 > $m.eval.txt 2>&1
