@@ -119,3 +119,99 @@ def test_minibatch_std_critic_reads_the_batch_spread_and_keeps_the_keys():
     assert torch.allclose(plain.critic(same), plain.critic(x[:1]).expand(6), rtol=1e-4, atol=0)
     gp = gradient_penalty(mb.critic, x, torch.rand_like(x))
     assert torch.isfinite(gp)
+
+
+def test_resize_time_upsampling_keeps_the_shapes_and_holds_notes_longer():
+    """time_upsample=resize (nearest upsampling + a 3-step convolution): the same piano-roll
+    shape, fewer note changes than the book's transposed convolutions at init, and a run saved
+    without the key (the book's layers) still loads into the default config."""
+    from dataclasses import asdict
+    notes = {}
+    for kind in ("transpose", "resize"):
+        m = tiny_gan(time_upsample=kind)
+        x = m(**m.latents(32, torch.Generator().manual_seed(0)))
+        assert x.shape == (32, 4, 2, 16, 84) and x.abs().max() <= 1
+        notes[kind] = len(note_runs(m.binarise(x))[1]) / (32 * 4 * 2)  # notes per voice per bar
+    assert notes["transpose"] > 12 and notes["resize"] < 0.75 * notes["transpose"]
+    old = tiny_gan()  # the state of a run saved before the option (its config has no key)
+    saved = {k: v for k, v in asdict(old.config).items() if k != "time_upsample"}
+    new = MuseGAN(MuseGANConfig(**saved))
+    new.load_state_dict(old.state_dict())  # strict: the same keys and shapes
+    assert new.config.time_upsample == "transpose"
+    resize = tiny_gan(time_upsample="resize")
+    with pytest.raises(RuntimeError):  # a different layer: never silently half-loaded
+        resize.load_state_dict(old.state_dict())
+    with pytest.raises(ValueError, match="time_upsample"):
+        MuseGANConfig(time_upsample="linear")
+
+
+def test_tied_time_taps_start_as_copies_and_load_like_the_books_layers():
+    """time_upsample=tied: the book's transposed convolutions with their two time taps equal at
+    init, so every note starts 8 16ths long (the dense layer's 2 steps per bar, copied); the
+    same state-dict keys and shapes as the book's, both ways; training can pull the taps apart."""
+    tied, book = tiny_gan(time_upsample="tied"), tiny_gan()
+    x = tied(**tied.latents(32, torch.Generator().manual_seed(0)))
+    assert x.shape == (32, 4, 2, 16, 84)
+    roll = x.view(32, 4, 2, 2, 8, 84)
+    assert torch.equal(roll, roll[:, :, :, :, :1].expand_as(roll))  # constant over each half bar
+    assert int(note_runs(tied.binarise(x))[1].min()) >= 8
+    assert tied.state_dict().keys() == book.state_dict().keys()
+    tied.load_state_dict(book.state_dict())
+    book.load_state_dict(tiny_gan(time_upsample="tied").state_dict())
+    m = tiny_gan(time_upsample="tied").train()
+    layer = m.generator.bar_generators[0].net[0]
+    w0 = layer.weight.detach().clone()
+    m(**m.latents(8, torch.Generator().manual_seed(0)))[:, :, :, :4].sum().backward()
+    with torch.no_grad():
+        layer.weight -= 0.1 * layer.weight.grad
+    assert torch.equal(w0[:, :, 0], w0[:, :, 1])
+    assert not torch.equal(layer.weight[:, :, 0], layer.weight[:, :, 1])  # free to differ
+
+
+def test_softmax_output_sounds_one_pitch_per_step_inside_the_range(chorales):
+    """output=softmax: each voice's step is a distribution over its pitches (as 2 p - 1), none
+    outside the voice's range, with the tanh model's state dict; the notes are the argmax."""
+    m, book = tiny_gan(output="softmax"), tiny_gan()
+    assert m.state_dict().keys() == book.state_dict().keys()
+    m.load_state_dict(book.state_dict())
+    m.setup(chorales)
+    m.train()  # batch statistics: an untrained model's running ones leave its logits ~1e-7 apart
+    z = m.latents(8, torch.Generator().manual_seed(0))
+    x = m(**z)
+    assert x.shape == (8, 4, 2, 16, 84) and x.min() >= -1 and x.max() <= 1
+    p = (x + 1) / 2
+    assert torch.allclose(p.sum(-1), torch.ones(8, 4, 2, 16), atol=1e-5)
+    for k, (lo, hi) in enumerate(m.pitch_range):
+        assert (x[:, k, ..., :lo] == -1).all() and (x[:, k, ..., hi + 1:] == -1).all()
+    logits = m.generator(**z)  # no tanh: the logits
+    inside = logits.masked_fill(~m.pitch_mask[None, :, None, None, :], float("-inf"))
+    assert torch.equal(m.binarise(x), inside.argmax(-1).permute(0, 2, 3, 1).reshape(8, 32, 4))
+    with pytest.raises(ValueError, match="output"):
+        MuseGANConfig(output="sigmoid")
+
+
+def test_resize8_writes_8th_notes_and_position_bias_knows_each_steps_place():
+    """time_upsample=resize8: the last doubling copies each 8th to its two 16ths, so no note
+    starts off the 8th grid; position_bias adds a zero-initialised bias per step after each
+    doubling (the bar's 4, 8, 16 steps), changing nothing at init."""
+    m = tiny_gan(time_upsample="resize8").train()
+    x = m(**m.latents(16, torch.Generator().manual_seed(0)))
+    assert x.shape == (16, 4, 2, 16, 84)
+    assert torch.equal(x[..., 0::2, :], x[..., 1::2, :])  # 16ths in pairs
+    assert set(note_runs(m.binarise(x))[1].tolist()) <= set(range(2, 33, 2))
+    pos = tiny_gan(time_upsample="resize8", position_bias=True).train()
+    shapes = [tuple(v.shape) for k, v in pos.generator.bar_generators[0].named_parameters()
+              if k.endswith("position")]
+    assert shapes == [(32, 4, 1), (16, 8, 1), (16, 16, 1)]
+    plain = {k: v for k, v in pos.state_dict().items() if not k.endswith("position")}
+    assert plain.keys() == m.state_dict().keys()
+    torch.manual_seed(1)
+    z = m.latents(8, torch.Generator().manual_seed(1))
+    m.load_state_dict(plain)
+    assert torch.allclose(pos(**z), m(**z), atol=1e-6)  # zero biases: the same bars at init
+    with torch.no_grad():
+        pos.generator.bar_generators[0].net[6].position[:, 5] += 1.0  # one step's place
+    y = pos(**z)
+    assert not torch.allclose(y[:, 0], m(**z)[:, 0]) and torch.allclose(y[:, 1:], m(**z)[:, 1:])
+    with pytest.raises(ValueError, match="position_bias"):
+        MuseGANConfig(position_bias=True)  # the book's transposed convolutions

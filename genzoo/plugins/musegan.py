@@ -14,6 +14,14 @@ with the Wasserstein loss and gradient penalty of genzoo.nn.gan (5 critic steps,
 A generated roll becomes notes by an argmax over pitches at every step of every track (the book's
 binarisation); a pitch repeated over steps is one held note.
 
+Note lengths (issue 23): the book's bar generator grows time with transposed convolutions whose
+kernel equals their stride, so every 16th has weights of its own, and its tanh output lets a voice
+sit between two pitches whose argmax flips step by step: 11-15 notes per voice per bar where the
+chorales have 3.75. Options, all off by default (the book's layers): ``time_upsample`` resize /
+resize8 (nearest upsampling + a 3-step convolution; resize8 writes 8ths), ``position_bias`` (a
+learned bias per step, so the resized layers know a step's place in the bar) and ``output:
+softmax`` (one distribution over pitches per voice and step, as the data's one-hot rolls).
+
 Pitch range (``pitch_range: data``, the default): the network keeps the book's 84 pitches, but
 each voice may only sound the pitches its training data spans (soprano 60-81, alto 52-74, tenor
 46-69, bass 36-66 on the JSB chorales). The ranges are measured in ``setup`` and saved as the
@@ -58,6 +66,30 @@ class MuseGANConfig:
     gp_weight: float = 10.0  # book: GP_WEIGHT
     pitch_range: Literal["data", "full"] = "data"  # data: each voice only its training range
     minibatch_std: bool = False  # the critic also reads the batch's spread (ProGAN, against collapse)
+    # how the bar generator doubles its time axis: "transpose" (the book: transposed convolutions,
+    # kernel = stride, so neighbouring 16ths get independent weights); "tied" (the same layers,
+    # their two time taps initialised equal: at init each step is copied to its two halves, as
+    # nearest upsampling would, and training may pull them apart; the same weights' shapes as
+    # "transpose"); "resize" (nearest upsampling, then a convolution 3 steps wide: each 16th a
+    # blend of its neighbours; other weights' shapes, so such a run loads only as "resize");
+    # "resize8" (as resize for 2 -> 4 -> 8 steps, then each 8th copied to its two 16ths and a
+    # 1 x 1 convolution: the generator writes 8th notes, no note starts off the 8th grid, the
+    # chorales' 16ths, 2% of their notes, out of its reach; with position_bias the last
+    # doubling's bias per 16th is the one thing that can still set a 16th apart).
+    # Runs saved before the option have no key: "transpose".
+    time_upsample: Literal["transpose", "tied", "resize", "resize8"] = "transpose"
+    # resize / resize8 only: a learned bias per step (and channel) after each time doubling,
+    # zero at init. Nearest upsampling + convolution tell a bar's steps apart only by what the
+    # dense layer wrote into its two halves (the transposed convolutions know each step's place
+    # by its own weights); this gives the bar generator back where in the bar a step is.
+    position_bias: bool = False
+    # the generator's last activation: "tanh" (the book: every pitch of every step on its own in
+    # [-1, 1]) or "softmax" (each voice is monophonic: a softmax over its pitches, as 2 p - 1, so
+    # a step sounds one pitch as the data's one-hot rolls do, and a voice hesitating between two
+    # pitches shows the critic two half-lit cells instead of two near-equal ones that the argmax
+    # flips between; WGAN-GP's character-level language model, Gulrajani et al. 2017, does the
+    # same). No weights of its own: the same state dict.
+    output: Literal["tanh", "softmax"] = "tanh"
     eval_n: int = 256  # pieces zoo eval draws for the diversity and histogram figures
 
     def __post_init__(self) -> None:
@@ -72,6 +104,14 @@ class MuseGANConfig:
             raise ValueError(f"gp_weight must be >= 0, got {self.gp_weight}")
         if self.pitch_range not in ("data", "full"):
             raise ValueError(f"pitch_range must be data or full, got {self.pitch_range!r}")
+        if self.time_upsample not in ("transpose", "tied", "resize", "resize8"):
+            raise ValueError("time_upsample must be transpose, tied, resize or resize8, got "
+                             f"{self.time_upsample!r}")
+        if self.position_bias and self.time_upsample not in ("resize", "resize8"):
+            raise ValueError("position_bias needs time_upsample resize or resize8 (transposed "
+                             "convolutions already have a weight per step)")
+        if self.output not in ("tanh", "softmax"):
+            raise ValueError(f"output must be tanh or softmax, got {self.output!r}")
         if self.eval_n < 2:
             raise ValueError(f"eval_n must be >= 2, got {self.eval_n}")
 
@@ -91,23 +131,62 @@ class TemporalNetwork(nn.Module):
         return self.net(z[:, :, None, None])[..., 0].transpose(1, 2)  # (B, bars, z)
 
 
+class ResizeConv(nn.Module):
+    """Double the time axis of (B, C, steps, pitches) by nearest upsampling, then a convolution
+    3 steps wide: each 16th is a blend of its neighbours, not a weight of its own. Padded by
+    repeating the edge step (zero padding made the first and last 16th of every bar differ from
+    the rest: a short note at each bar line)."""
+
+    def __init__(self, c_in: int, c_out: int, width: int = 3, steps: int | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, (width, 1), padding=(width // 2, 0),
+                              padding_mode="replicate")
+        # with `steps` (the output's): a learned bias per output step and channel, zero at init
+        self.position = nn.Parameter(torch.zeros(c_out, steps, 1)) if steps else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(F.interpolate(x, scale_factor=(2, 1), mode="nearest"))
+        return y if self.position is None else y + self.position.to(y.dtype)
+
+
+@torch.no_grad()
+def tie_time_taps(module: nn.Module) -> None:
+    """Every transposed convolution that doubles time (kernel = stride = (2, 1)) gets its second
+    time tap set to its first: both 16ths (8ths, beats) it writes start as one copied value."""
+    for m in module.modules():
+        if isinstance(m, nn.ConvTranspose2d) and tuple(m.kernel_size) == (2, 1) and \
+                tuple(m.stride) == (2, 1):
+            m.weight[:, :, 1] = m.weight[:, :, 0]
+
+
 class BarGenerator(nn.Module):
     """[chords, style, melody, groove] of one bar and track -> (B, steps, pitches) in [-1, 1]:
-    a dense layer to 2 steps, transposed convolutions doubling time to 16 steps, then pitch
-    x 7 and x 12 (an octave of semitones) to 84 pitches."""
+    a dense layer to 2 steps, three doublings of time to 16 steps (transposed convolutions, or
+    with ``time_upsample="resize"`` nearest upsampling + convolution), then pitch x 7 and x 12
+    (an octave of semitones) to 84 pitches."""
 
-    def __init__(self, z_dim: int, w: int):
+    def __init__(self, z_dim: int, w: int, time_upsample: str = "transpose",
+                 output: str = "tanh", position_bias: bool = False):
         super().__init__()
+        steps = [2]
 
-        def up(c_in: int, c_out: int, k: tuple[int, int]) -> list[nn.Module]:
-            return [nn.ConvTranspose2d(c_in, c_out, k, stride=k), nn.BatchNorm2d(c_out, momentum=0.1),
-                    nn.ReLU()]
+        def up(c_in: int, c_out: int, k: tuple[int, int], last: bool = False) -> list[nn.Module]:
+            if k == (2, 1) and time_upsample in ("resize", "resize8"):
+                steps.append(steps[-1] * 2)
+                width = 1 if last and time_upsample == "resize8" else 3
+                layer: nn.Module = ResizeConv(c_in, c_out, width,
+                                              steps[-1] if position_bias else None)
+            else:
+                layer = nn.ConvTranspose2d(c_in, c_out, k, stride=k)
+            return [layer, nn.BatchNorm2d(c_out, momentum=0.1), nn.ReLU()]
         self.w = w
         self.dense = nn.Sequential(nn.Linear(4 * z_dim, 4 * w), nn.BatchNorm1d(4 * w, momentum=0.1),
                                    nn.ReLU())
-        self.net = nn.Sequential(*up(2 * w, 2 * w, (2, 1)), *up(2 * w, w, (2, 1)), *up(w, w, (2, 1)),
+        self.net = nn.Sequential(*up(2 * w, 2 * w, (2, 1)), *up(2 * w, w, (2, 1)),
+                                 *up(w, w, (2, 1), last=True),
                                  *up(w, w, (1, 7)), nn.ConvTranspose2d(w, 1, (1, 12), stride=(1, 12)),
-                                 nn.Tanh())
+                                 nn.Tanh() if output == "tanh" else nn.Identity())  # softmax:
+        # the logits; MuseGAN.forward takes the softmax over each voice's range
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.dense(z).view(-1, 2 * self.w, 2, 1)  # channels, steps, pitches
@@ -121,7 +200,8 @@ class Generator(nn.Module):
         self.chords_net = TemporalNetwork(c.z_dim, c.temporal_width, c.bars)
         self.melody_nets = nn.ModuleList(TemporalNetwork(c.z_dim, c.temporal_width, c.bars)
                                          for _ in range(c.tracks))
-        self.bar_generators = nn.ModuleList(BarGenerator(c.z_dim, c.bar_width)
+        self.bar_generators = nn.ModuleList(BarGenerator(c.z_dim, c.bar_width, c.time_upsample,
+                                                         c.output, c.position_bias)
                                             for _ in range(c.tracks))
 
     def forward(self, chords: torch.Tensor, style: torch.Tensor, melody: torch.Tensor,
@@ -185,6 +265,8 @@ class MuseGAN(Model):
         self.critic = Critic(config)
         # the book's RandomNormal(0, 0.02) kernels; batch norm keeps Keras's defaults (1, 0)
         init_weights(self, batchnorm=False)
+        if config.time_upsample == "tied":
+            tie_time_taps(self.generator)
         self.track_names = ["S", "A", "T", "B"][: config.tracks] + \
             [f"track {k}" for k in range(4, config.tracks)]
         # (tracks, pitches) True where a voice may sound; every pitch until setup/load says
@@ -269,9 +351,15 @@ class MuseGAN(Model):
     def forward(self, chords: torch.Tensor, style: torch.Tensor, melody: torch.Tensor,
                 groove: torch.Tensor) -> torch.Tensor:
         x = self.generator(chords, style, melody, groove)
+        outside = ~self.pitch_mask[None, :, None, None, :]
+        if self.config.output == "softmax":  # logits -> one pitch per step, as 2 p - 1
+            logits = x.float()
+            if self.pitch_range is not None:
+                logits = logits.masked_fill(outside, float("-inf"))
+            return (2 * torch.softmax(logits, dim=-1) - 1).to(x.dtype)
         if self.pitch_range is None:
             return x
-        return x.masked_fill(~self.pitch_mask[None, :, None, None, :], -1.0)  # silent outside
+        return x.masked_fill(outside, -1.0)  # silent outside
 
     # -- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
