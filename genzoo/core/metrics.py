@@ -175,6 +175,21 @@ def evaluate(run_path: str, split: str = "test", device: str = "cpu",
     return out
 
 
+def _images_only(loaded: Any, data: Any, what: str, hint: str = "") -> None:
+    """One line when the run's samples or the split are not images (a metric that needs both)."""
+    from genzoo.errors import ConfigError
+    if getattr(loaded.model, "modality", "image") != "image" or not hasattr(data, "images"):
+        raise ConfigError(f"{what}, but {loaded.name} makes "
+                          f"{getattr(loaded.model, 'modality', '?')} samples{hint}")
+
+
+def generated_images(loaded: Any, n: int, seed: int, chunk: int = 250) -> torch.Tensor:
+    """`n` images from the run's default sampler, drawn `chunk` at a time (chunk i with seed
+    `seed + i`, so FID/KID and the recognisability figure see the same samples for one seed)."""
+    return torch.cat([loaded.sample(min(chunk, n - start), seed=seed + i).images
+                      for i, start in enumerate(range(0, n, chunk))])
+
+
 def sample_quality(loaded: Any, data: Any, split: str, metrics: tuple[str, ...],
                    n_samples: int | None, features: str | None, seed: int,
                    device: str, dataset: str | None = None) -> dict[str, Any]:
@@ -183,9 +198,7 @@ def sample_quality(loaded: Any, data: Any, split: str, metrics: tuple[str, ...],
 
     from genzoo.core.fid import fid_kid, kid_subset, resolve_features
     from genzoo.errors import ConfigError
-    if getattr(loaded.model, "modality", "image") != "image" or not hasattr(data, "images"):
-        raise ConfigError(f"FID/KID compare images, but {loaded.name} makes "
-                          f"{getattr(loaded.model, 'modality', '?')} samples; use --metrics nll")
+    _images_only(loaded, data, "FID/KID compare images", "; use --metrics nll")
     real = data.images()[:10_000]
     n = n_samples or len(real)
     if not 2 <= n <= MAX_FID_SAMPLES:
@@ -193,10 +206,7 @@ def sample_quality(loaded: Any, data: Any, split: str, metrics: tuple[str, ...],
     dataset = dataset or loaded.config.get("data", {}).get("name", "")
     search = [loaded.path.parent, Path("runs")]
     feats = resolve_features(features, dataset, search, device)
-    chunks = []
-    for i, start in enumerate(range(0, n, 250)):
-        chunks.append(loaded.sample(min(250, n - start), seed=seed + i).images)
-    fake = torch.cat(chunks)
+    fake = generated_images(loaded, n, seed)
     scores = fid_kid(real, fake, feats.to(torch.device(device)), metrics, seed=seed)
     size = "x".join(str(s) for s in real.shape[1:])
     sampler = loaded.config.get("sampler") or loaded.family.default_sampler
@@ -216,19 +226,16 @@ def recognisable(loaded: Any, data: Any, split: str, n_samples: int | None,
 
     from genzoo.core.recognition import Judge, judge_run, recognisability
     from genzoo.errors import ConfigError
-    if getattr(loaded.model, "modality", "image") != "image" or not hasattr(data, "images"):
-        raise ConfigError(f"recognisable judges images, but {loaded.name} makes "
-                          f"{getattr(loaded.model, 'modality', '?')} samples")
+    _images_only(loaded, data, "recognisable judges images")
     n = n_samples or RECOGNISABLE_N
     if not 1 <= n <= MAX_FID_SAMPLES:
         raise ConfigError(f"--n-samples must be 1..{MAX_FID_SAMPLES}, got {n}")
     dataset = dataset or loaded.config.get("data", {}).get("name", "")
     judge = Judge(judge_run(dataset, classifier, [loaded.path.parent, Path("runs")]), device)
-    chunks = [loaded.sample(min(250, n - start), seed=seed + i).images
-              for i, start in enumerate(range(0, n, 250))]
+    fake = generated_images(loaded, n, seed)
     real = data.images()
     if len(real) > n:  # a seeded subset: splits are often ordered by class
         real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n]]
-    out = recognisability(torch.cat(chunks), real, judge)
+    out = recognisability(fake, real, judge)
     out["recog_protocol"] += f" ({split} split of {dataset}; sampler seed {seed})"
     return out
