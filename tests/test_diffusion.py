@@ -178,7 +178,7 @@ def test_latent_protocol_interpolates_noise_maps(tmp_path):
     grid = latent.interpolation_grid(model, z0, z1, steps=5, methods=("spherical",))
     assert grid.shape == (2 * 5, 3, 8, 8)
     # decode is deterministic DDIM: the ends are the DDIM samples of those noise maps
-    ddim = DDIMSampler(steps=model.decode_steps).sample(model, 4, torch.Generator().manual_seed(0))
+    ddim = DDIMSampler(steps=model.config.sample_steps).sample(model, 4, torch.Generator().manual_seed(0))
     assert torch.allclose(grid[0], ddim.images[0], atol=1e-5)
 
 
@@ -218,3 +218,17 @@ def test_bad_configs_are_one_line():
         model = small(timesteps=10)
         from genzoo.core.sampler import draw
         draw(model, DDIMSampler(steps=11), 1, torch.Generator())
+
+
+def test_ddim_default_steps_follow_the_models_sample_steps():
+    """A preset carries its sampler setting: DDIM without steps= runs the model's sample_steps,
+    an explicit steps= still wins, and too many steps for the schedule is one clear error."""
+    model = small(sample_steps=3, timesteps=50)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    default = DDIMSampler().sample(model, 2, g()).images
+    assert torch.equal(default, DDIMSampler(steps=3).sample(model, 2, g()).images)
+    assert DDIMSampler().steps(model) == 3 and DDIMSampler(steps=4).steps(model) == 4
+    with pytest.raises(ConfigError, match="steps=60 is more than the schedule's length"):
+        DDIMSampler().check(small(sample_steps=60, timesteps=50), {})
+    with pytest.raises(ValueError, match="sample_steps must be >= 1"):
+        DiffusionConfig(sample_steps=0)

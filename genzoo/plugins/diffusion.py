@@ -61,6 +61,9 @@ class DiffusionConfig:
     min_signal_rate: float = 0.02  # offset cosine: signal rate at t = 1 (book)
     max_signal_rate: float = 0.95  # offset cosine: signal rate at t = 0 (book)
     loss: Literal["mae", "mse"] = "mae"  # on the predicted noise (book: mean absolute error)
+    # the DDIM sampler's (and ``decode``'s) reverse steps when it is not given steps (book: 20),
+    # so a preset can carry the setting its figures were measured with
+    sample_steps: int = 20
     channels_last: bool = True  # NHWC activations: oneDNN / cuDNN convolutions run faster
 
     def __post_init__(self) -> None:
@@ -81,6 +84,8 @@ class DiffusionConfig:
             raise ValueError(f"embedding_dim must be even and >= 2, got {self.embedding_dim}")
         if self.timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {self.timesteps}")
+        if self.sample_steps < 1:  # > timesteps is the sampler's one-line error
+            raise ValueError(f"sample_steps must be >= 1, got {self.sample_steps}")
         if not 0 < self.min_signal_rate < self.max_signal_rate <= 1:
             raise ValueError("need 0 < min_signal_rate < max_signal_rate <= 1, got "
                              f"{self.min_signal_rate} and {self.max_signal_rate}")
@@ -215,7 +220,6 @@ class DiffusionModel(Model):
     Config = DiffusionConfig
     modality = "image"
     likelihood_unit = None  # the noise-prediction loss is no likelihood
-    decode_steps = 20  # DDIM steps ``decode`` takes (latent tools: zoo interpolate)
 
     def __init__(self, config: DiffusionConfig):
         super().__init__(config)
@@ -345,7 +349,7 @@ class DiffusionModel(Model):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Noise maps (n, latent_dim) -> images in [0, 1], by deterministic DDIM."""
         noise = z.view(-1, *self.image_shape()).to(self.data_mean.device)
-        images, _ = reverse_diffusion(self, noise, self.decode_steps)
+        images, _ = reverse_diffusion(self, noise, self.config.sample_steps)
         return self.denormalise(images)
 
 
@@ -426,12 +430,12 @@ def reverse_diffusion(model: DiffusionModel, noise: torch.Tensor, steps: int, et
 
 @dataclass
 class DDIMOptions:
-    steps: int = 20  # reverse steps (book: 20 to plot); at most the schedule's length
+    steps: int | None = None  # reverse steps; None: the model's sample_steps (book: 20 to plot)
     eta: float = 0.0  # 0: deterministic DDIM (book); 1: as stochastic as DDPM
     frames: int = 8  # --show-process: snapshots of the reverse process per sample
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if not (math.isfinite(self.eta) and self.eta >= 0):
             raise ValueError(f"eta must be a number >= 0, got {self.eta}")
@@ -456,10 +460,15 @@ class _DiffusionSampler(Sampler):
     ancestral = False
     max_process_rows = 8
 
+    def steps(self, model: Any) -> int:
+        """The options' steps, or (DDIM, not given) the model's ``sample_steps``."""
+        steps = self.options.steps
+        return model.config.sample_steps if steps is None else steps
+
     def check(self, model: Any, inputs: dict[str, Any]) -> None:
-        T = model.schedule_length
-        if self.options.steps > T:
-            raise ConfigError(f"steps={self.options.steps} is more than the schedule's length "
+        T, steps = model.schedule_length, self.steps(model)
+        if steps > T:
+            raise ConfigError(f"steps={steps} is more than the schedule's length "
                               f"({T} noise levels); use steps between 1 and {T}")
 
     @torch.no_grad()
@@ -468,7 +477,7 @@ class _DiffusionSampler(Sampler):
         o = self.options
         noise = model.sample_latent(n, generator).view(n, *model.image_shape())
         frames = o.frames if "process" in show else 0
-        images, snaps = reverse_diffusion(model, noise, o.steps, getattr(o, "eta", 1.0),
+        images, snaps = reverse_diffusion(model, noise, self.steps(model), getattr(o, "eta", 1.0),
                                           generator, self.ancestral, frames)
         out = ImageSample(model.denormalise(images).cpu())
         if frames:
