@@ -59,6 +59,20 @@ def test_zoo_eval_reports_recognisable_with_its_ceiling_and_protocol(classifier,
     assert r.exit_code == 1 and "has no class logits" in r.output
 
 
+def test_fid_and_recognisable_at_one_n_judge_one_draw(classifier, tmp_path, tiny, monkeypatch):
+    """zoo eval --metrics fid,recognisable draws the samples once and scores both on them."""
+    from genzoo.core import metrics
+    gen = api.train("dcgan", "quick", tiny("dcgan", steps=2, **{"data.name": "mnist-5k"}),
+                    out=tmp_path / "gen", progress=False)
+    draws, real_draw = [], metrics.generated_images
+    monkeypatch.setattr(metrics, "generated_images",
+                        lambda loaded, n, seed: draws.append(n) or real_draw(loaded, n, seed))
+    out = metrics.evaluate(str(gen.path), metrics=("fid", "recognisable"), n_samples=12,
+                           features=str(classifier), classifier=str(classifier), save=False)
+    assert draws == [12] and out["recog_n"] == 12 and out["fid_n_fake"] == 12
+    assert math.isfinite(out["fid"])
+
+
 def test_the_default_judge_is_the_cached_quick_classifier(monkeypatch, tmp_path):
     seen = {}
 

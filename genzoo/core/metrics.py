@@ -5,6 +5,7 @@ for points (``Model.likelihood_unit``)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -160,12 +161,18 @@ def evaluate(run_path: str, split: str = "test", device: str = "cpu",
         elif metrics:
             out["nll_note"] = f"{loaded.family.name} defines no likelihood"
     sample_metrics = tuple(m for m in wanted if m in ("fid", "kid"))
+    drawn: dict[int, torch.Tensor] = {}  # FID/KID and recognisable at one n judge one draw
+
+    def draw(n: int) -> torch.Tensor:
+        if n not in drawn:
+            drawn[n] = generated_images(loaded, n, seed)
+        return drawn[n]
     if sample_metrics:
         out.update(sample_quality(loaded, data, split, sample_metrics, n_samples, features,
-                                  seed, device, dataset))
+                                  seed, device, dataset, draw))
     if "recognisable" in wanted:
         out.update(recognisable(loaded, data, split, n_samples, classifier, seed, device,
-                                dataset))
+                                dataset, draw))
     if save:
         from genzoo.core.atomic import read_json, write_json
         path = loaded.path / eval_file(spec)
@@ -192,8 +199,10 @@ def generated_images(loaded: Any, n: int, seed: int, chunk: int = 250) -> torch.
 
 def sample_quality(loaded: Any, data: Any, split: str, metrics: tuple[str, ...],
                    n_samples: int | None, features: str | None, seed: int,
-                   device: str, dataset: str | None = None) -> dict[str, Any]:
-    """FID/KID of the run's default sampler against the split, with the protocol."""
+                   device: str, dataset: str | None = None,
+                   draw: Callable[[int], torch.Tensor] | None = None) -> dict[str, Any]:
+    """FID/KID of the run's default sampler against the split, with the protocol. `draw(n)`:
+    the n generated images (default ``generated_images`` at `seed`)."""
     from pathlib import Path
 
     from genzoo.core.fid import fid_kid, kid_subset, resolve_features
@@ -206,7 +215,7 @@ def sample_quality(loaded: Any, data: Any, split: str, metrics: tuple[str, ...],
     dataset = dataset or loaded.config.get("data", {}).get("name", "")
     search = [loaded.path.parent, Path("runs")]
     feats = resolve_features(features, dataset, search, device)
-    fake = generated_images(loaded, n, seed)
+    fake = draw(n) if draw else generated_images(loaded, n, seed)
     scores = fid_kid(real, fake, feats.to(torch.device(device)), metrics, seed=seed)
     size = "x".join(str(s) for s in real.shape[1:])
     sampler = loaded.config.get("sampler") or loaded.family.default_sampler
@@ -219,9 +228,11 @@ def sample_quality(loaded: Any, data: Any, split: str, metrics: tuple[str, ...],
 
 def recognisable(loaded: Any, data: Any, split: str, n_samples: int | None,
                  classifier: str | None, seed: int, device: str,
-                 dataset: str | None = None) -> dict[str, Any]:
+                 dataset: str | None = None,
+                 draw: Callable[[int], torch.Tensor] | None = None) -> dict[str, Any]:
     """The recognisability figure of the run's default sampler (``genzoo.core.recognition``):
-    confident fraction and class entropy, beside the same on real `split` images."""
+    confident fraction and class entropy, beside the same on real `split` images. `draw(n)`:
+    as in ``sample_quality``."""
     from pathlib import Path
 
     from genzoo.core.recognition import Judge, judge_run, recognisability
@@ -232,7 +243,7 @@ def recognisable(loaded: Any, data: Any, split: str, n_samples: int | None,
         raise ConfigError(f"--n-samples must be 1..{MAX_FID_SAMPLES}, got {n}")
     dataset = dataset or loaded.config.get("data", {}).get("name", "")
     judge = Judge(judge_run(dataset, classifier, [loaded.path.parent, Path("runs")]), device)
-    fake = generated_images(loaded, n, seed)
+    fake = draw(n) if draw else generated_images(loaded, n, seed)
     real = data.images()
     if len(real) > n:  # a seeded subset: splits are often ordered by class
         real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n]]
