@@ -29,6 +29,34 @@ def test_pad_adds_black_borders():
     assert int(data.x[:, :, :2].max()) == 0 and int(data.x[:, :, :, -2:].max()) == 0
 
 
+def test_crop_keeps_the_centre_and_to_source_frame_puts_it_back():
+    whole = load(DataConfig(name="mnist-5k", limit=20))
+    data = load(DataConfig(name="mnist-5k", crop=22, limit=20))
+    assert data.shape == (1, 22, 22) and torch.equal(data.x, whole.x[..., 3:25, 3:25])
+    back = data.to_source_frame(data.images())
+    assert back.shape == (20, 1, 28, 28)
+    assert torch.equal(back[..., 3:25, 3:25], data.images())  # same side: nothing resampled
+    # the ring comes back as the cropped-away ring's mean: MNIST's border is nearly black
+    assert float(back[..., :3, :].max()) == pytest.approx(data.frame.fill[0])
+    assert 0 <= data.frame.fill[0] < 0.02
+    # crop, then resize, then pad: the model's 18x18 frame maps back onto the 28x28 source
+    small = load(DataConfig(name="mnist-5k", crop=22, size=16, pad=1, limit=20))
+    assert small.shape == (1, 18, 18)
+    assert small.to_source_frame(small.images()).shape == (20, 1, 28, 28)
+    # an unchanged set is its own source frame
+    assert whole.frame is None and torch.equal(whole.to_source_frame(whole.x), whole.images())
+    with pytest.raises(DataError, match=r"crop must be 1\.\.28 \(the images are 28x28\), got 29"):
+        load(DataConfig(name="mnist-5k", crop=29, limit=4))
+
+
+def test_to_source_frame_undoes_pad_and_resize_exactly_where_they_are_exact():
+    data = load(DataConfig(name="mnist-5k", pad=2, limit=10))
+    assert torch.equal(data.to_source_frame(data.images()), data.images()[..., 2:30, 2:30])
+    sized = load(DataConfig(name="mnist-5k", size=14, limit=10))
+    back = sized.to_source_frame(sized.images())
+    assert back.shape == (10, 1, 28, 28) and 0 <= float(back.min()) and float(back.max()) <= 1
+
+
 def test_twemoji_categories_are_attributes_and_channels_convert():
     data = load(DataConfig(name="twemoji", size=32, channels=1, label="Smileys & Emotion"))
     assert data.x.shape[1:] == (1, 32, 32)

@@ -73,6 +73,29 @@ def test_fid_and_recognisable_at_one_n_judge_one_draw(classifier, tmp_path, tiny
     assert math.isfinite(out["fid"])
 
 
+def test_a_cropped_models_samples_are_judged_in_the_classifiers_frame(classifier, tmp_path, tiny,
+                                                                     monkeypatch):
+    """A 16x16 model of MNIST's centre 22x22 (data.crop) is judged on 28x28 digits with the
+    crop undone, fake and real alike, not on a 16x16 crop stretched over the whole frame."""
+    gen = api.train("dcgan", "quick", tiny("dcgan", steps=2, **{"data.name": "mnist-5k",
+                                                                  "data.size": 16, "data.crop": 22,
+                                                                  "data.pad": 0}),
+                    out=tmp_path / "gen", progress=False)
+    seen = []
+    real_probs = recognition.Judge.probs
+    monkeypatch.setattr(recognition.Judge, "probs",
+                        lambda self, images, batch=256: seen.append(images) or real_probs(self, images))
+    from genzoo.core import metrics
+    out = metrics.evaluate(str(gen.path), metrics=("recognisable",), n_samples=8,
+                       classifier=str(classifier), save=False)
+    assert [tuple(x.shape) for x in seen] == [(8, 1, 28, 28), (8, 1, 28, 28)]
+    fake, real = seen
+    # the border outside the crop is the data's (near-black) ring, in both
+    assert float(fake[..., :3, :].max()) < 0.02 and float(real[..., :3, :].max()) < 0.02
+    assert 0 <= out["recog_confident_real"] <= 1
+    assert "; resize, crop 22 undone to the source's 28x28)" in out["recog_protocol"]
+
+
 def test_the_default_judge_is_the_cached_quick_classifier(monkeypatch, tmp_path):
     seen = {}
 

@@ -55,6 +55,7 @@ class ImageData(Dataset):
     modality: str = "image"
     mapped = False  # x is a memory map of the decoded cache: read per batch, never moved whole
     pad_px = 0  # mapped sets are padded per batch (padding the whole map would load it)
+    frame: "SourceFrame | None" = None  # how data.crop / size / pad changed the source's images
 
     def __post_init__(self) -> None:
         import torch
@@ -100,6 +101,51 @@ class ImageData(Dataset):
     def shape(self) -> tuple[int, ...]:
         c, h, w = self.x.shape[1:]
         return (c, h + 2 * self.pad_px, w + 2 * self.pad_px)
+
+    def to_source_frame(self, x: Any) -> Any:
+        """Images in this set's frame (as a model trained on it sees and makes them) -> the
+        source's frame, undoing data.pad, size and crop, so that a classifier trained on the
+        source judges what it was trained on. Identity when the set was not changed."""
+        return self.frame.undo(x) if self.frame is not None else to_float(x)
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    """What ``data.crop``, ``size`` and ``pad`` did to a source of `source_hw` images: the
+    centre `crop` square was kept (`fill`: the mean of the cropped-away ring, per channel),
+    resized, and `pad` black pixels added on each side."""
+
+    source_hw: tuple[int, int]
+    pad: int = 0
+    crop: int | None = None
+    fill: list[float] | None = None
+    resized: bool = True
+
+    def describe(self) -> str:
+        done = [f"pad {self.pad}"] if self.pad else []
+        done += (["resize"] if self.resized else []) + ([f"crop {self.crop}"] if self.crop is not None else [])
+        h, w = self.source_hw
+        return f"{', '.join(done)} undone to the source's {h}x{w}"
+
+    def undo(self, x: Any) -> Any:
+        import torch
+        import torch.nn.functional as F
+        x = to_float(x).float()
+        if self.pad:
+            x = x[..., self.pad:x.shape[-2] - self.pad, self.pad:x.shape[-1] - self.pad]
+        inner = (self.crop, self.crop) if self.crop is not None else self.source_hw
+        if tuple(x.shape[-2:]) != inner:
+            x = F.interpolate(x, size=inner, mode="bilinear", antialias=True, align_corners=False)
+        if self.crop is not None and inner != self.source_hw:
+            h, w = self.source_hw
+            top, left = (h - self.crop) // 2, (w - self.crop) // 2
+            fill = torch.tensor(self.fill or [0.0] * x.shape[1], dtype=x.dtype)
+            if len(fill) != x.shape[1]:  # a channel count the source did not have: luminance
+                fill = fill.mean().expand(x.shape[1])
+            out = fill.view(1, -1, 1, 1).expand(x.shape[0], -1, h, w).clone()
+            out[..., top:top + self.crop, left:left + self.crop] = x
+            x = out
+        return x.clamp(0, 1)
 
 
 def to_float(x: Any) -> Any:

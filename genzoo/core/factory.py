@@ -280,8 +280,8 @@ class DataShape:
         if shape and ds.modality == "image":
             if p.data.channels:
                 shape[0] = p.data.channels
-            if p.data.size:
-                shape[1:] = [p.data.size, p.data.size]
+            if p.data.size or p.data.crop:
+                shape[1:] = [p.data.size or p.data.crop] * 2
             if p.data.pad:
                 shape[1:] = [s + 2 * p.data.pad for s in shape[1:]]
         vocab = None

@@ -271,9 +271,11 @@ def feature_key(entry: Any, overrides: dict[str, Any]) -> str:
     p = plan(entry.name, "quick", overrides)
     native = registry().get_dataset(p.data.name).shape
     channels = p.data.channels or (native[0] if native else "n")
-    size = p.data.size or (native[-1] if native else "n")
+    size = p.data.size or p.data.crop or (native[-1] if native else "n")
     blob = json.dumps({"model": entry.name, "overrides": overrides,
-                       "data": {k: getattr(p.data, k) for k in ("name", "size", "channels", "pad")}},
+                       "data": {k: getattr(p.data, k) for k in ("name", "size", "channels", "pad")}
+                               # crop only when set: the keys of existing caches stay as they were
+                               | ({"crop": p.data.crop} if p.data.crop is not None else {})},
                       sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
     key = f"{entry.name}-{p.data.name}-{channels}x{size}-pad{p.data.pad}-{digest}-genzoo{__version__}"

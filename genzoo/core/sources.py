@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from genzoo.core.data_config import DataConfig, data_root
-from genzoo.core.datasets import ImageData, split_index
+from genzoo.core.datasets import ImageData, SourceFrame, split_index
 from genzoo.core.image_folder import load_image_folder
 from genzoo.errors import DataError
 
@@ -121,7 +121,8 @@ def load_folder(entry: Any, cfg: DataConfig, split: str) -> ImageData:
 
 
 def _transform(data: ImageData, cfg: DataConfig) -> ImageData:
-    """limit, channels, size, pad; computed in float, stored back as uint8."""
+    """limit, channels, crop, size, pad; computed in float, stored back as uint8. Records how to
+    map an image of the result back to the source's frame (``ImageData.to_source_frame``)."""
     import torch
     import torch.nn.functional as F
     x = data.x
@@ -131,8 +132,22 @@ def _transform(data: ImageData, cfg: DataConfig) -> ImageData:
         x = x[: cfg.limit]
         data.y = data.y[: cfg.limit] if data.y is not None else None
         data.attributes = data.attributes[: cfg.limit] if data.attributes is not None else None
+    source_hw = (int(x.shape[-2]), int(x.shape[-1]))
     change_channels = cfg.channels is not None and cfg.channels != x.shape[1]
+    crop = cfg.crop
+    if crop is not None:
+        if not 1 <= crop <= min(source_hw):
+            raise DataError(f"crop must be 1..{min(source_hw)} (the images are "
+                            f"{source_hw[0]}x{source_hw[1]}), got {crop}")
+        top, left = (source_hw[0] - crop) // 2, (source_hw[1] - crop) // 2
+        # the cropped-away ring's mean per channel: what to_source_frame puts back around it
+        ring = x.float().sum((0, 2, 3)) - x[..., top:top + crop, left:left + crop].float().sum((0, 2, 3))
+        ring_px = max(1, len(x) * (source_hw[0] * source_hw[1] - crop * crop))
+        fill = (ring / ring_px / 255).tolist()
+        x = x[..., top:top + crop, left:left + crop]
     resize = cfg.size is not None and (x.shape[-1] != cfg.size or x.shape[-2] != cfg.size)
+    if crop is not None and not (change_channels or resize):
+        x = x.clone()  # a view of the whole (or mapped) set would keep it alive
     if change_channels or resize:
         xf = x.float() / 255.0
         if change_channels:
@@ -151,11 +166,16 @@ def _transform(data: ImageData, cfg: DataConfig) -> ImageData:
     if cfg.pad:
         if cfg.pad < 0:
             raise DataError(f"pad must be >= 0, got {cfg.pad}")
-        if data.mapped and not (change_channels or resize):
+        if data.mapped and not (change_channels or resize or crop):
             data.pad_px = cfg.pad
         else:
             x = F.pad(x, (cfg.pad,) * 4)  # zeros: black borders, as the book pads 28x28 to 32x32
     data.x = x.contiguous()
+    if crop is not None or resize or cfg.pad:
+        data.frame = SourceFrame(source_hw, cfg.pad or 0, crop, fill if crop is not None else None,
+                                 bool(resize))
+    if crop is not None and data.mapped:
+        data.mapped = False  # cropped into memory: no longer a view of the map
     return data
 
 

@@ -176,5 +176,5 @@ def caption_folder(folder: Path, cfg: DataConfig, split: str, options: dict[str,
     width = max(len(c) for c in captions)
     captions = [tuple(c[i % len(c)] for i in range(width)) for c in captions]
     out = CaptionData(data.x, None, [], None, [], name, captions=captions)
-    out.mapped, out.pad_px = data.mapped, data.pad_px
+    out.mapped, out.pad_px, out.frame = data.mapped, data.pad_px, data.frame
     return out
