@@ -93,7 +93,7 @@ def test_a_cropped_models_samples_are_judged_in_the_classifiers_frame(classifier
     # the border outside the crop is the data's (near-black) ring, in both
     assert float(fake[..., :3, :].max()) < 0.02 and float(real[..., :3, :].max()) < 0.02
     assert 0 <= out["recog_confident_real"] <= 1
-    assert "; resize, crop 22 undone to the source's 28x28)" in out["recog_protocol"]
+    assert "; crop 22 (back in the source's 28x28) undone)" in out["recog_protocol"]
 
 
 def test_the_default_judge_is_the_cached_quick_classifier(monkeypatch, tmp_path):

@@ -103,29 +103,30 @@ class ImageData(Dataset):
         return (c, h + 2 * self.pad_px, w + 2 * self.pad_px)
 
     def to_source_frame(self, x: Any) -> Any:
-        """Images in this set's frame (as a model trained on it sees and makes them) -> the
-        source's frame, undoing data.pad, size and crop, so that a classifier trained on the
-        source judges what it was trained on. Identity when the set was not changed."""
+        """Images in this set's frame (as a model trained on it sees and makes them) -> floats in
+        the source's frame: data.pad stripped, a data.crop put back in the source's frame, so that
+        a classifier trained on the source judges what it was trained on. A plain resize is left
+        for the classifier's own resize. Identity when the set was neither cropped nor padded."""
         return self.frame.undo(x) if self.frame is not None else to_float(x)
 
 
 @dataclass(frozen=True)
 class SourceFrame:
-    """What ``data.crop``, ``size`` and ``pad`` did to a source of `source_hw` images: the
-    centre `crop` square was kept (`fill`: the mean of the cropped-away ring, per channel),
-    resized, and `pad` black pixels added on each side."""
+    """What ``data.crop`` and ``pad`` did to a source of `source_hw` images: the centre `crop`
+    square was kept (`fill`: the mean of the cropped-away ring, per channel) and resized to
+    data.size, and `pad` black pixels were added on each side."""
 
     source_hw: tuple[int, int]
     pad: int = 0
     crop: int | None = None
     fill: list[float] | None = None
-    resized: bool = True
 
     def describe(self) -> str:
         done = [f"pad {self.pad}"] if self.pad else []
-        done += (["resize"] if self.resized else []) + ([f"crop {self.crop}"] if self.crop is not None else [])
-        h, w = self.source_hw
-        return f"{', '.join(done)} undone to the source's {h}x{w}"
+        if self.crop is not None:
+            h, w = self.source_hw
+            done.append(f"crop {self.crop} (back in the source's {h}x{w})")
+        return " and ".join(done) + " undone"
 
     def undo(self, x: Any) -> Any:
         import torch
@@ -133,19 +134,19 @@ class SourceFrame:
         x = to_float(x).float()
         if self.pad:
             x = x[..., self.pad:x.shape[-2] - self.pad, self.pad:x.shape[-1] - self.pad]
-        inner = (self.crop, self.crop) if self.crop is not None else self.source_hw
-        if tuple(x.shape[-2:]) != inner:
-            x = F.interpolate(x, size=inner, mode="bilinear", antialias=True, align_corners=False)
-        if self.crop is not None and inner != self.source_hw:
-            h, w = self.source_hw
-            top, left = (h - self.crop) // 2, (w - self.crop) // 2
-            fill = torch.tensor(self.fill or [0.0] * x.shape[1], dtype=x.dtype)
-            if len(fill) != x.shape[1]:  # a channel count the source did not have: luminance
-                fill = fill.mean().expand(x.shape[1])
-            out = fill.view(1, -1, 1, 1).expand(x.shape[0], -1, h, w).clone()
-            out[..., top:top + self.crop, left:left + self.crop] = x
-            x = out
-        return x.clamp(0, 1)
+        if self.crop is None:
+            return x
+        if tuple(x.shape[-2:]) != (self.crop, self.crop):  # data.size: back to the crop's side
+            x = F.interpolate(x, size=(self.crop, self.crop), mode="bilinear", antialias=True,
+                              align_corners=False).clamp(0, 1)
+        h, w = self.source_hw
+        top, left = (h - self.crop) // 2, (w - self.crop) // 2
+        fill = torch.tensor(self.fill or [0.0] * x.shape[1], dtype=x.dtype)
+        if len(fill) != x.shape[1]:  # a channel count the source did not have: one grey
+            fill = fill.mean().expand(x.shape[1])
+        out = fill.view(1, -1, 1, 1).expand(x.shape[0], -1, h, w).clone()
+        out[..., top:top + self.crop, left:left + self.crop] = x
+        return out
 
 
 def to_float(x: Any) -> Any:

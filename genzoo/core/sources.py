@@ -171,9 +171,8 @@ def _transform(data: ImageData, cfg: DataConfig) -> ImageData:
         else:
             x = F.pad(x, (cfg.pad,) * 4)  # zeros: black borders, as the book pads 28x28 to 32x32
     data.x = x.contiguous()
-    if crop is not None or resize or cfg.pad:
-        data.frame = SourceFrame(source_hw, cfg.pad or 0, crop, fill if crop is not None else None,
-                                 bool(resize))
+    if crop is not None or cfg.pad:
+        data.frame = SourceFrame(source_hw, cfg.pad or 0, crop, fill if crop is not None else None)
     if crop is not None and data.mapped:
         data.mapped = False  # cropped into memory: no longer a view of the map
     return data
