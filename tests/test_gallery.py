@@ -53,6 +53,13 @@ def test_leaderboard_gathers_eval_and_bench(runs):
     assert r.exit_code != 0 and len(r.output.strip().splitlines()) == 1
 
 
+def test_leaderboard_names_the_frame_a_cropped_model_sees(tmp_path):
+    from genzoo.core.leaderboard import row
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"name": "ebm", "data": {"name": "mnist-5k", "size": 16, "crop": 20}}))
+    assert row(tmp_path).dataset == "mnist-5k 16px of the centre 20x20"
+
+
 def test_gallery_writes_a_self_contained_site(runs, tmp_path):
     root, gen, text = runs
     r = CliRunner().invoke(cli, ["gallery", str(root), "--out", str(tmp_path / "site")])

@@ -71,7 +71,9 @@ def row(run: Path) -> Row:
     bench = _json(run / "bench.json") or []
     data = cfg.get("data", {})
     size = data.get("size")
-    dataset = str(data.get("name", "?")) + (f" {size}px" if size else "")
+    crop = data.get("crop")  # the centre crop x crop square the model sees, resized to size
+    dataset = str(data.get("name", "?")) + (f" {size}px" if size else "") \
+        + (f" of the centre {crop}x{crop}" if crop else "")
     nll = ""
     for key, unit in NLL_KEYS:
         if isinstance(ev.get(key), (int, float)):
