@@ -55,7 +55,7 @@ class ImageData(Dataset):
     modality: str = "image"
     mapped = False  # x is a memory map of the decoded cache: read per batch, never moved whole
     pad_px = 0  # mapped sets are padded per batch (padding the whole map would load it)
-    frame: "SourceFrame | None" = None  # how data.crop / size / pad changed the source's images
+    frame = None  # a SourceFrame: how data.crop and pad changed the source's images (None: not)
 
     def __post_init__(self) -> None:
         import torch

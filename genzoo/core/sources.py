@@ -141,7 +141,11 @@ def _transform(data: ImageData, cfg: DataConfig) -> ImageData:
                             f"{source_hw[0]}x{source_hw[1]}), got {crop}")
         top, left = (source_hw[0] - crop) // 2, (source_hw[1] - crop) // 2
         # the cropped-away ring's mean per channel: what to_source_frame puts back around it
-        ring = x.float().sum((0, 2, 3)) - x[..., top:top + crop, left:left + crop].float().sum((0, 2, 3))
+        # (summed a chunk at a time: a float copy of a big mapped set would not fit in memory)
+        ring = torch.zeros(x.shape[1], dtype=torch.float64)
+        for i in range(0, len(x), 4096):
+            part = x[i:i + 4096].to(torch.float64)
+            ring += part.sum((0, 2, 3)) - part[..., top:top + crop, left:left + crop].sum((0, 2, 3))
         ring_px = max(1, len(x) * (source_hw[0] * source_hw[1] - crop * crop))
         fill = (ring / ring_px / 255).tolist()
         x = x[..., top:top + crop, left:left + crop]
