@@ -17,7 +17,8 @@ class DataConfig:
     size: int | None = None  # square side after resizing; None keeps the native size
     # images: keep the centre crop x crop square before resizing (None keeps the whole image).
     # MNIST's digits sit in the centre 20x20 of 28x28, so crop 22 spends a 16x16 model's pixels
-    # on the digit, not on the always-black border
+    # on the digit, not on the always-black border. Cropped as the source gives the images: a
+    # folder source that already resizes at decode (data.size) is cropped after that resize
     crop: int | None = None
     channels: int | None = None  # 1 = grayscale, 3 = RGB; None keeps the native channels
     limit: int | None = None  # use at most this many examples (folders, big Kaggle sets)
