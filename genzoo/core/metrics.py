@@ -247,8 +247,9 @@ def recognisable(loaded: Any, data: Any, split: str, n_samples: int | None,
     real = data.images()
     if len(real) > n:  # a seeded subset: splits are often ordered by class
         real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n]]
-    # the judge sees both in the source's frame (data.crop, size and pad undone): a classifier
-    # trained on 28x28 digits is judged on 28x28 digits, not on a stretched crop
+    # the judge sees both in the source's frame (data.crop and pad undone; a plain data.size is
+    # left to the judge's own resize): a classifier trained on 28x28 digits is judged on 28x28
+    # digits, not on a stretched crop
     undo = getattr(data, "to_source_frame", lambda images: images)  # a loader's own image set
     out = recognisability(undo(fake), undo(real), judge)
     frame = getattr(data, "frame", None)
