@@ -373,16 +373,9 @@ def device_name(device: str) -> str:
     return "cpu" if device == "auto" else device
 
 
-def shutdown(finished: bool = False) -> None:
-    """Leave the process group. `finished` (the run ended without an error on this rank): wait
-    for every rank first, so that no rank tears down its connections while a peer still has a
-    collective in flight (a rank torn down under gloo's pending work aborted the job now and
-    then: "terminate called without an active exception"). Never after an error: a dead peer
-    would leave the barrier waiting."""
+def shutdown() -> None:
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
-        if finished:
-            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -66,13 +66,11 @@ def _session(device: str) -> Iterator[None]:
     over, so cleanup runs instead of the process vanishing."""
     with signals.terminate_interrupts():
         owned = not dist.active() and dist.init(device)
-        finished = False
         try:
             yield
-            finished = True
         finally:
             if owned:
-                dist.shutdown(finished)
+                dist.shutdown()
 
 
 def _fit(run: Run, trainer: Trainer, data_cfg: DataConfig, lock: Any,
