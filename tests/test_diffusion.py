@@ -232,3 +232,23 @@ def test_ddim_default_steps_follow_the_models_sample_steps():
         DDIMSampler().check(small(sample_steps=60, timesteps=50), {})
     with pytest.raises(ValueError, match="sample_steps must be >= 1"):
         DiffusionConfig(sample_steps=0)
+
+
+def test_ddim_default_eta_follows_the_models_sample_eta_and_decode_stays_deterministic():
+    """A preset can make its DDIM stochastic (sample_eta): DDIM without eta= uses it, seeded,
+    an explicit eta= still wins, and ``decode`` (a noise map names an image) ignores it."""
+    model = small(sample_steps=4, sample_eta=1.0)
+    g = lambda seed=0: torch.Generator().manual_seed(seed)  # noqa: E731
+    default = DDIMSampler().sample(model, 2, g()).images
+    assert torch.equal(default, DDIMSampler(eta=1.0).sample(model, 2, g()).images)
+    assert torch.equal(default, DDIMSampler().sample(model, 2, g()).images)  # the seed names it
+    assert not torch.equal(default, DDIMSampler(eta=0.0).sample(model, 2, g()).images)
+    assert not torch.equal(default, DDIMSampler().sample(model, 2, g(1)).images)
+    deterministic = small(sample_steps=4)  # the same weights (seeded), the book's eta 0
+    z = deterministic.sample_latent(2, g())
+    assert torch.equal(model.decode(z), deterministic.decode(z))
+    assert torch.equal(DDIMSampler().sample(deterministic, 2, g()).images,
+                       DDIMSampler(eta=0.0).sample(model, 2, g()).images)
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="sample_eta must be a number >= 0"):
+            DiffusionConfig(sample_eta=bad)
