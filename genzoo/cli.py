@@ -993,4 +993,7 @@ def _load_plugin_commands(group: click.Group) -> None:
 
 
 def main() -> None:
+    if os.environ.get("TORCHELASTIC_RUN_ID") is not None and os.environ.get("WORLD_SIZE", "1") != "1":
+        from genzoo.core.distributed import run_rank  # torch: only in a torchrun rank
+        run_rank(lambda: cli(prog_name="zoo"))
     cli(prog_name="zoo")
