@@ -7,9 +7,11 @@ from click.testing import CliRunner
 import genzoo
 from genzoo.cli import cli
 from genzoo.core.sampler import draw
+from genzoo.errors import ConfigError
+from genzoo.nn.autoregressive import raster_sample
 from genzoo.plugins.pixelcnn_md import (CachedSampler, NaiveSampler, PixelCNNMD, PixelCNNMDConfig,
                                         discretised_logistic_log_prob, mixture_log_prob,
-                                        params_per_pixel)
+                                        params_per_pixel, sample_mixture)
 
 
 def small(channels=1, size=6, **kw):
@@ -68,6 +70,47 @@ def test_network_never_sees_the_current_or_future_pixels(channels):
         assert g[future].sum() == 0, (i, j)
         if (i, j) == (3, 3):  # no blind spot: above-right and left pixels are seen
             assert g[2, 5] > 0 and g[3, 1] > 0 and g[1, 3] > 0
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_hierarchy_never_sees_the_current_or_future_pixels_and_sees_the_past(channels):
+    """resolutions=3: 8x8 -> 4x4 -> 2x2 and back, with strided and transposed shifted
+    convolutions; every output pixel, checked by its gradient."""
+    model = small(channels, size=8, resolutions=3, dilations=[1]).double()
+    levels = torch.randint(0, 256, (1, channels, 8, 8)).expand(64, -1, -1, -1)
+    # one copy of the image per output pixel, in one backward pass (no batch statistics)
+    x = model.network_input(levels).detach().requires_grad_(True)
+    out = model.net(x)
+    k = torch.arange(64)
+    out[k, :, k // 8, k % 8].sum().backward()
+    for i in range(8):
+        for j in range(8):
+            g = x.grad[8 * i + j, :channels].abs().sum(0)
+            future = torch.zeros(8, 8, dtype=torch.bool)
+            future[i, j:] = True
+            future[i + 1:] = True
+            assert g[future].sum() == 0, (i, j)
+            if i > 0 and j > 0:  # the whole causal past reaches it (no blind spot)
+                assert (g[~future] > 0).all(), (i, j)
+
+
+def test_the_hierarchy_samples_through_either_sampler_and_checks_its_size():
+    model = small(size=4, resolutions=2)
+    a = NaiveSampler().sample(model, 2, torch.Generator().manual_seed(7))
+    b = CachedSampler().sample(model, 2, torch.Generator().manual_seed(7))  # walks naively
+    assert a.shape == (2, 1, 4, 4) and torch.equal(a, b)
+    # the walk reads only the rows so far (to the stride's multiple): the same draws as whole
+    # images would give
+    g = torch.Generator().manual_seed(7)
+    whole = raster_sample(torch.zeros(2, 1, 4, 4, dtype=torch.long), model,
+                          lambda p: sample_mixture(p, 1, model.config.mixtures, g))
+    assert torch.equal(whole.float() / 255, a)
+    with pytest.raises(ConfigError, match="size=5: .* a multiple of 2"):
+        draw(model, NaiveSampler(size=5), 1, torch.Generator())
+    with pytest.raises(ValueError, match="divisible by 2\\*\\*\\(resolutions - 1\\) = 4"):
+        PixelCNNMDConfig(image_size=6, resolutions=3)
+    with pytest.raises(ValueError, match="resolutions must be >= 1"):
+        PixelCNNMDConfig(resolutions=0)
 
 
 def test_cached_and_naive_samplers_draw_identical_images():
