@@ -20,9 +20,10 @@ strided shifted convolutions down, as many transposed ones back up, and skip con
 every down-pass block to the up pass (the paper's fig. 2); most of its blocks run at a quarter
 or a sixteenth of the pixels, so the whole past reaches each pixel for little more training
 compute. Sampling it walks naively (a pass per pixel over the rows so far), which on a CPU costs
-far more than the cached walk: quick pixelcnn-md-mnist at 3 resolutions of 1 block each gains
-2.88 -> 2.79 test bits/dim and 0.34 -> 0.37 confident digits at the same steps, while its 200
-samples take minutes instead of a second, so the quick preset keeps one resolution. The paper's weight
+far more than the cached walk: quick pixelcnn-md-mnist at 2-3 resolutions of 1 block each gains
+2.88 -> 2.77-2.79 test bits/dim at the same steps, but its confident digits (0.31-0.37 against
+0.30-0.34) stay within two trainings' spread, while its 200 samples take minutes instead of a
+second, so the quick preset keeps one resolution (benchmarks/quick_presets.md). The paper's weight
 normalisation is also left out (Adam trains this size without it).
 
 Colour: with channels=3 the mixture is the paper's: one component choice per pixel, and the
