@@ -66,8 +66,9 @@ class DiffusionConfig:
     sample_steps: int = 20
     # the DDIM sampler's eta when it is not given one: 0 is the book's deterministic DDIM; 1 draws
     # fresh noise at every step (DDPM's posterior), which lets the chain correct a small
-    # network's mistakes (quick ddm-mnist: 0.50 -> 0.61 confident digits at 100 steps, 0.59 at
-    # 50). ``decode`` stays deterministic whatever this says: a noise map must name one image.
+    # network's mistakes (quick ddm-mnist, 1,000 training-split samples: 0.50 -> 0.61 confident
+    # digits at 100 steps, 0.59 at 50; test 0.475 -> 0.545). ``decode`` stays deterministic
+    # whatever this says: a noise map must name one image.
     sample_eta: float = 0.0
     channels_last: bool = True  # NHWC activations: oneDNN / cuDNN convolutions run faster
 
