@@ -76,8 +76,9 @@ class PixelCNNMDConfig:
             raise ValueError(f"resolutions must be >= 1, got {self.resolutions}")
         stride = 2 ** (self.resolutions - 1)
         if self.image_size % stride:
+            near = stride * max(1, round(self.image_size / stride))
             raise ValueError(f"image_size {self.image_size} must be divisible by "
-                             f"2**(resolutions - 1) = {stride}")
+                             f"2**(resolutions - 1) = {stride} (set data.size, e.g. {near})")
 
 
 # -- shifted convolutions --------------------------------------------------------------------
