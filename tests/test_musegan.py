@@ -215,3 +215,28 @@ def test_resize8_writes_8th_notes_and_position_bias_knows_each_steps_place():
     assert not torch.allclose(y[:, 0], m(**z)[:, 0]) and torch.allclose(y[:, 1:], m(**z)[:, 1:])
     with pytest.raises(ValueError, match="position_bias"):
         MuseGANConfig(position_bias=True)  # the book's transposed convolutions
+
+
+def test_dense_steps_4_writes_the_bars_beats_and_drops_the_first_doubling():
+    """dense_steps=4: the dense layer writes the 4 beats (each its own slice of its output),
+    then 4 -> 8 -> 16 steps; with resize8 the 16ths still come in pairs."""
+    m = tiny_gan(time_upsample="resize8", position_bias=True, dense_steps=4).train()
+    x = m(**m.latents(16, torch.Generator().manual_seed(0)))
+    assert x.shape == (16, 4, 2, 16, 84)
+    assert torch.equal(x[..., 0::2, :], x[..., 1::2, :])
+    bar = m.generator.bar_generators[0]
+    assert bar.dense[0].out_features == 4 * 2 * 16  # 4 beats x 2 * bar_width channels
+    shapes = [tuple(v.shape) for k, v in bar.named_parameters() if k.endswith("position")]
+    assert shapes == [(16, 8, 1), (16, 16, 1)]  # no half-note -> beat doubling
+    # a beat's slice of the dense output reaches its own 8ths, not a beat two away
+    with torch.no_grad():
+        z = torch.randn(4, 4 * 32)
+        h = bar.dense(z).view(-1, 32, 4, 1)
+        bar.eval()
+        base = bar.net(h)[:, 0]
+        h2 = h.clone()
+        h2[:, :, 0] += 1.0
+        moved = (bar.net(h2)[:, 0] - base).abs().amax(dim=(0, 2))  # per 16th
+    assert moved[:4].min() > 0 and moved[12:].max() == 0
+    with pytest.raises(ValueError, match="dense_steps must be 2, 4 or 8"):
+        MuseGANConfig(dense_steps=3)

@@ -90,6 +90,12 @@ class MuseGANConfig:
     # flips between; WGAN-GP's character-level language model, Gulrajani et al. 2017, does the
     # same). No weights of its own: the same state dict.
     output: Literal["tanh", "softmax"] = "tanh"
+    # the time steps per bar the bar generator's dense layer writes (the book: 2, half notes;
+    # then three doublings to 16ths). 4 writes a bar's four beats directly, each its own part of
+    # the dense layer, and drops the first doubling: with nearest upsampling, two beats of one
+    # half-bar could otherwise differ only through their neighbours (a conv 3 steps wide) and a
+    # position bias that is the same for every piece, so notes came out too long. 8 writes 8ths.
+    dense_steps: Literal[2, 4, 8] = 2
     eval_n: int = 256  # pieces zoo eval draws for the diversity and histogram figures
 
     def __post_init__(self) -> None:
@@ -110,6 +116,8 @@ class MuseGANConfig:
         if self.position_bias and self.time_upsample not in ("resize", "resize8"):
             raise ValueError("position_bias needs time_upsample resize or resize8 (transposed "
                              "convolutions already have a weight per step)")
+        if self.dense_steps not in (2, 4, 8):
+            raise ValueError(f"dense_steps must be 2, 4 or 8, got {self.dense_steps}")
         if self.output not in ("tanh", "softmax"):
             raise ValueError(f"output must be tanh or softmax, got {self.output!r}")
         if self.eval_n < 2:
@@ -161,14 +169,14 @@ def tie_time_taps(module: nn.Module) -> None:
 
 class BarGenerator(nn.Module):
     """[chords, style, melody, groove] of one bar and track -> (B, steps, pitches) in [-1, 1]:
-    a dense layer to 2 steps, three doublings of time to 16 steps (transposed convolutions, or
-    with ``time_upsample="resize"`` nearest upsampling + convolution), then pitch x 7 and x 12
-    (an octave of semitones) to 84 pitches."""
+    a dense layer to 2 steps (``dense_steps``: 4 or 8), doublings of time to 16 steps
+    (transposed convolutions, or with ``time_upsample="resize"`` nearest upsampling +
+    convolution), then pitch x 7 and x 12 (an octave of semitones) to 84 pitches."""
 
     def __init__(self, z_dim: int, w: int, time_upsample: str = "transpose",
-                 output: str = "tanh", position_bias: bool = False):
+                 output: str = "tanh", position_bias: bool = False, dense_steps: int = 2):
         super().__init__()
-        steps = [2]
+        steps = [dense_steps]
 
         def up(c_in: int, c_out: int, k: tuple[int, int], last: bool = False) -> list[nn.Module]:
             if k == (2, 1) and time_upsample in ("resize", "resize8"):
@@ -179,17 +187,26 @@ class BarGenerator(nn.Module):
             else:
                 layer = nn.ConvTranspose2d(c_in, c_out, k, stride=k)
             return [layer, nn.BatchNorm2d(c_out, momentum=0.1), nn.ReLU()]
-        self.w = w
-        self.dense = nn.Sequential(nn.Linear(4 * z_dim, 4 * w), nn.BatchNorm1d(4 * w, momentum=0.1),
+        self.w, self.dense_steps = w, dense_steps
+        # the dense layer writes `dense_steps` steps (2: half notes, the book's; 4: beats; 8:
+        # 8ths), then the doublings that are left: 2 -> 4 (2w channels), 4 -> 8 (to w), 8 -> 16
+        self.dense_channels = w if dense_steps == 8 else 2 * w
+        d = dense_steps * self.dense_channels
+        self.dense = nn.Sequential(nn.Linear(4 * z_dim, d), nn.BatchNorm1d(d, momentum=0.1),
                                    nn.ReLU())
-        self.net = nn.Sequential(*up(2 * w, 2 * w, (2, 1)), *up(2 * w, w, (2, 1)),
+        doublings: list[nn.Module] = []
+        if dense_steps == 2:
+            doublings += up(2 * w, 2 * w, (2, 1))
+        if dense_steps <= 4:
+            doublings += up(2 * w, w, (2, 1))
+        self.net = nn.Sequential(*doublings,
                                  *up(w, w, (2, 1), last=True),
                                  *up(w, w, (1, 7)), nn.ConvTranspose2d(w, 1, (1, 12), stride=(1, 12)),
                                  nn.Tanh() if output == "tanh" else nn.Identity())  # softmax:
         # the logits; MuseGAN.forward takes the softmax over each voice's range
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.dense(z).view(-1, 2 * self.w, 2, 1)  # channels, steps, pitches
+        x = self.dense(z).view(-1, self.dense_channels, self.dense_steps, 1)  # channels, steps, pitches
         return self.net(x)[:, 0]
 
 
@@ -201,7 +218,7 @@ class Generator(nn.Module):
         self.melody_nets = nn.ModuleList(TemporalNetwork(c.z_dim, c.temporal_width, c.bars)
                                          for _ in range(c.tracks))
         self.bar_generators = nn.ModuleList(BarGenerator(c.z_dim, c.bar_width, c.time_upsample,
-                                                         c.output, c.position_bias)
+                                                         c.output, c.position_bias, c.dense_steps)
                                             for _ in range(c.tracks))
 
     def forward(self, chords: torch.Tensor, style: torch.Tensor, melody: torch.Tensor,
