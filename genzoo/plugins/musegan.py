@@ -169,7 +169,7 @@ def tie_time_taps(module: nn.Module) -> None:
 
 class BarGenerator(nn.Module):
     """[chords, style, melody, groove] of one bar and track -> (B, steps, pitches) in [-1, 1]:
-    a dense layer to 2 steps (``dense_steps``: 4 or 8), doublings of time to 16 steps
+    a dense layer to ``dense_steps`` steps (the book's 2), doublings of time to 16 steps
     (transposed convolutions, or with ``time_upsample="resize"`` nearest upsampling +
     convolution), then pitch x 7 and x 12 (an octave of semitones) to 84 pitches."""
 
@@ -187,7 +187,7 @@ class BarGenerator(nn.Module):
             else:
                 layer = nn.ConvTranspose2d(c_in, c_out, k, stride=k)
             return [layer, nn.BatchNorm2d(c_out, momentum=0.1), nn.ReLU()]
-        self.w, self.dense_steps = w, dense_steps
+        self.dense_steps = dense_steps
         # the dense layer writes `dense_steps` steps (2: half notes, the book's; 4: beats; 8:
         # 8ths), then the doublings that are left: 2 -> 4 (2w channels), 4 -> 8 (to w), 8 -> 16
         self.dense_channels = w if dense_steps == 8 else 2 * w

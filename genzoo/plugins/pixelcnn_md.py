@@ -74,11 +74,20 @@ class PixelCNNMDConfig:
             raise ValueError(f"sample_temperature must be > 0, got {self.sample_temperature}")
         if self.resolutions < 1:
             raise ValueError(f"resolutions must be >= 1, got {self.resolutions}")
-        stride = 2 ** (self.resolutions - 1)
-        if self.image_size % stride:
-            near = stride * max(1, round(self.image_size / stride))
+        if self.image_size % self.stride:
             raise ValueError(f"image_size {self.image_size} must be divisible by "
-                             f"2**(resolutions - 1) = {stride} (set data.size, e.g. {near})")
+                             f"2**(resolutions - 1) = {self.stride} (set data.size, e.g. "
+                             f"{self.nearest_size(self.image_size)})")
+
+    @property
+    def stride(self) -> int:
+        """How much the hierarchy shrinks the image (1 at one resolution): a size must be a
+        multiple of it, and the naive walk reads rows to the next multiple."""
+        return 2 ** (self.resolutions - 1)
+
+    def nearest_size(self, size: int) -> int:
+        """The multiple of ``stride`` nearest `size` (the suggestion in a size error)."""
+        return self.stride * max(1, round(size / self.stride))
 
 
 # -- shifted convolutions --------------------------------------------------------------------
@@ -402,11 +411,11 @@ class MDCachedOptions(MDSamplerOptions):
 
 def check_size(options: MDSamplerOptions, model: PixelCNNMD) -> None:
     """A hierarchy's strides must divide the size it samples at: one line, not a shape error."""
-    stride = 2 ** (model.config.resolutions - 1)
-    if options.size is not None and options.size % stride:
+    c = model.config
+    if options.size is not None and options.size % c.stride:
         raise ConfigError(f"size={options.size}: this model halves the resolution "
-                          f"{model.config.resolutions - 1} times, so the size must be a multiple "
-                          f"of {stride} (e.g. {stride * max(1, round(options.size / stride))})")
+                          f"{c.resolutions - 1} times, so the size must be a multiple "
+                          f"of {c.stride} (e.g. {c.nearest_size(options.size)})")
 
 
 class NaiveSampler(Sampler):
@@ -428,7 +437,7 @@ class NaiveSampler(Sampler):
             return sample_mixture(params, c.channels, c.mixtures, generator,
                                   o.temperature or c.sample_temperature)
         # shifted convolutions never read below: only the rows so far (to the strides' multiple)
-        return raster_sample(levels, model, draw, 2 ** (c.resolutions - 1)).float() / 255
+        return raster_sample(levels, model, draw, c.stride).float() / 255
 
 
 class _Cache:
