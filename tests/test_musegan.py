@@ -121,6 +121,33 @@ def test_minibatch_std_critic_reads_the_batch_spread_and_keeps_the_keys():
     assert torch.isfinite(gp)
 
 
+def test_critic_onsets_reads_where_each_voice_changes_pitch(chorales):
+    """critic_onsets: Critic.changes is 1 where a voice takes a new pitch and 0 where it holds
+    one, across the bar line too, so two rolls with the same pitches in a different rhythm reach
+    the critic through it; the plain critic's keys and scores are unchanged by the option."""
+    from genzoo.nn.gan import gradient_penalty
+    from genzoo.plugins.musegan import Critic
+    m = tiny_gan(critic_onsets=True)
+    grid = chorales.x[:6].long()  # (6, 32 steps, 4 voices)
+    roll = m.roll(grid)
+    assert roll.shape == (6, 4, 2, 16, 84)
+    change = Critic.changes(roll)
+    assert change.shape == (6, 4, 32)
+    moved = torch.zeros(6, 4, 32)
+    moved[:, :, 1:] = (grid[:, 1:] != grid[:, :-1]).transpose(1, 2).float()
+    assert torch.equal(change, moved)
+    cut = grid.clone()
+    cut[:, 1::2] = cut[:, 0::2] + 1  # the same onsets on the beat, a new pitch every 16th
+    assert Critic.changes(m.roll(cut))[:, :, 1::2].eq(1).all()
+    score = m.critic(roll)
+    assert score.shape == (6,) and torch.isfinite(score).all()
+    assert torch.isfinite(gradient_penalty(m.critic, roll, m.roll(cut)))
+    plain = tiny_gan()
+    keys = set(m.critic.state_dict()) - set(plain.critic.state_dict())
+    assert keys and all(k.startswith("onsets.") for k in keys)  # only the stream is new
+    assert set(plain.critic.state_dict()) <= set(m.critic.state_dict())
+
+
 def test_resize_time_upsampling_keeps_the_shapes_and_holds_notes_longer():
     """time_upsample=resize (nearest upsampling + a 3-step convolution): the same piano-roll
     shape, fewer note changes than the book's transposed convolutions at init, and a run saved
@@ -240,3 +267,31 @@ def test_dense_steps_4_writes_the_bars_beats_and_drops_the_first_doubling():
     assert moved[:4].min() > 0 and moved[12:].max() == 0
     with pytest.raises(ValueError, match="dense_steps must be 2, 4 or 8"):
         MuseGANConfig(dense_steps=3)
+
+
+def test_beat_split_transpose_writes_each_beats_8ths_from_that_beat_alone():
+    """beat_split=transpose: the beats -> 8ths doubling is a transposed convolution (kernel =
+    stride = 2), so moving one beat of the layer's input changes that beat's two 8ths (four
+    16ths) and nothing else; resize's 3-wide convolution also reaches the neighbouring beats."""
+    def reach(beat_split: str) -> torch.Tensor:
+        m = tiny_gan(time_upsample="resize8", position_bias=True, dense_steps=4,
+                     beat_split=beat_split).train()
+        x = m(**m.latents(8, torch.Generator().manual_seed(0)))
+        assert x.shape == (8, 4, 2, 16, 84)
+        assert torch.equal(x[..., 0::2, :], x[..., 1::2, :])  # 16ths still in pairs
+        bar = m.generator.bar_generators[0].eval()
+        with torch.no_grad():
+            h = bar.dense(torch.randn(4, 4 * 32)).view(-1, 32, 4, 1)
+            h2 = h.clone()
+            h2[:, :, 1] += 1.0  # the second beat
+            return (bar.net(h2)[:, 0] - bar.net(h)[:, 0]).abs().amax(dim=(0, 2)) > 0  # per 16th
+    moved = reach("transpose")
+    assert moved[4:8].all() and not moved[:4].any() and not moved[8:].any()
+    moved = reach("resize")
+    assert moved[2:10].all()  # an 8th into each neighbouring beat
+    bar = tiny_gan(time_upsample="resize8", position_bias=True, dense_steps=4,
+                   beat_split="transpose").generator.bar_generators[0]
+    shapes = [tuple(v.shape) for k, v in bar.named_parameters() if k.endswith("position")]
+    assert shapes == [(16, 16, 1)]  # only the 8ths -> 16ths copy keeps a position bias
+    with pytest.raises(ValueError, match="beat_split must be resize, transpose or tied"):
+        MuseGANConfig(beat_split="nearest")

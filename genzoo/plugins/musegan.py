@@ -66,6 +66,12 @@ class MuseGANConfig:
     gp_weight: float = 10.0  # book: GP_WEIGHT
     pitch_range: Literal["data", "full"] = "data"  # data: each voice only its training range
     minibatch_std: bool = False  # the critic also reads the batch's spread (ProGAN, against collapse)
+    # the critic also reads, per voice and 16th, whether the voice changed pitch there (the
+    # "onset/offset stream" of MuseGAN's own code, made for monophonic voices: 1 - the overlap of
+    # two neighbouring steps' pitch distributions), through a small convolution over the 32 steps.
+    # The book's critic folds the 84 pitches into 32 features per step before it looks along
+    # time, so where a held note ends is blurred before the critic can weigh rhythm.
+    critic_onsets: bool = False
     # how the bar generator doubles its time axis: "transpose" (the book: transposed convolutions,
     # kernel = stride, so neighbouring 16ths get independent weights); "tied" (the same layers,
     # their two time taps initialised equal: at init each step is copied to its two halves, as
@@ -96,6 +102,13 @@ class MuseGANConfig:
     # half-bar could otherwise differ only through their neighbours (a conv 3 steps wide) and a
     # position bias that is the same for every piece, so notes came out too long. 8 writes 8ths.
     dense_steps: Literal[2, 4, 8] = 2
+    # resize / resize8 only: how the doubling from beats to 8ths is made. "resize" (as the other
+    # doublings): nearest upsampling and a convolution 3 steps wide, so a beat's off-beat 8th is a
+    # blend of that beat and the next, and a voice that should move on the next beat often moves
+    # an 8th early (dotted quarters at 5 times the chorales' share). "transpose": a transposed
+    # convolution, kernel = stride = 2, writes each beat's two 8ths from that beat alone with
+    # weights of their own, so whether a voice moves inside a beat is the beat's own choice.
+    beat_split: Literal["resize", "transpose", "tied"] = "resize"
     eval_n: int = 256  # pieces zoo eval draws for the diversity and histogram figures
 
     def __post_init__(self) -> None:
@@ -118,6 +131,9 @@ class MuseGANConfig:
                              "convolutions already have a weight per step)")
         if self.dense_steps not in (2, 4, 8):
             raise ValueError(f"dense_steps must be 2, 4 or 8, got {self.dense_steps}")
+        if self.beat_split not in ("resize", "transpose", "tied"):
+            raise ValueError("beat_split must be resize, transpose or tied, got "
+                             f"{self.beat_split!r}")
         if self.output not in ("tanh", "softmax"):
             raise ValueError(f"output must be tanh or softmax, got {self.output!r}")
         if self.eval_n < 2:
@@ -174,17 +190,22 @@ class BarGenerator(nn.Module):
     convolution), then pitch x 7 and x 12 (an octave of semitones) to 84 pitches."""
 
     def __init__(self, z_dim: int, w: int, time_upsample: str = "transpose",
-                 output: str = "tanh", position_bias: bool = False, dense_steps: int = 2):
+                 output: str = "tanh", position_bias: bool = False, dense_steps: int = 2,
+                 beat_split: str = "resize"):
         super().__init__()
         steps = [dense_steps]
 
         def up(c_in: int, c_out: int, k: tuple[int, int], last: bool = False) -> list[nn.Module]:
-            if k == (2, 1) and time_upsample in ("resize", "resize8"):
+            splits_beats = k == (2, 1) and steps[-1] == 4
+            if k == (2, 1) and time_upsample in ("resize", "resize8") and \
+                    not (splits_beats and beat_split in ("transpose", "tied")):
                 steps.append(steps[-1] * 2)
                 width = 1 if last and time_upsample == "resize8" else 3
                 layer: nn.Module = ResizeConv(c_in, c_out, width,
                                               steps[-1] if position_bias else None)
             else:
+                if k == (2, 1):
+                    steps.append(steps[-1] * 2)
                 layer = nn.ConvTranspose2d(c_in, c_out, k, stride=k)
             return [layer, nn.BatchNorm2d(c_out, momentum=0.1), nn.ReLU()]
         self.dense_steps = dense_steps
@@ -218,7 +239,8 @@ class Generator(nn.Module):
         self.melody_nets = nn.ModuleList(TemporalNetwork(c.z_dim, c.temporal_width, c.bars)
                                          for _ in range(c.tracks))
         self.bar_generators = nn.ModuleList(BarGenerator(c.z_dim, c.bar_width, c.time_upsample,
-                                                         c.output, c.position_bias, c.dense_steps)
+                                                         c.output, c.position_bias, c.dense_steps,
+                                                         c.beat_split)
                                             for _ in range(c.tracks))
 
     def forward(self, chords: torch.Tensor, style: torch.Tensor, melody: torch.Tensor,
@@ -257,18 +279,38 @@ class Critic(nn.Module):
             *conv(w, w, (1, 2, 1), (1, 2, 1)),  # -> 4
             *conv(w, 2 * w, (1, 4, 1), (1, 2, 1), (0, 1, 0)),  # -> 2
             *conv(2 * w, 4 * w, (1, 3, 1), (1, 2, 1), (0, 1, 0)),  # -> 1
-            nn.Flatten(), nn.Linear(4 * w + int(c.minibatch_std), 8 * w), nn.LeakyReLU(0.3),
-            nn.Linear(8 * w, 1))
+            nn.Flatten(),
+            nn.Linear(4 * w + w * int(c.critic_onsets) + int(c.minibatch_std), 8 * w),
+            nn.LeakyReLU(0.3), nn.Linear(8 * w, 1))
         self.minibatch_std = c.minibatch_std
+        # critic_onsets: (tracks, 32 steps) of changes -> w features (32 -> 16 -> 8 -> 4 -> 2 -> 1)
+        self.onsets = nn.Sequential(
+            nn.Conv1d(c.tracks, w, 4, 2, 1), nn.LeakyReLU(0.3),
+            *[m for _ in range(3) for m in (nn.Conv1d(w, w, 4, 2, 1), nn.LeakyReLU(0.3))],
+            nn.Conv1d(w, w, 2), nn.LeakyReLU(0.3), nn.Flatten()) if c.critic_onsets else None
+
+    @staticmethod
+    def changes(x: torch.Tensor) -> torch.Tensor:
+        """(B, tracks, bars, steps, pitches) in [-1, 1] -> (B, tracks, bars * steps): 1 - the
+        overlap of each step's pitches with the step before (0 at the first step). A held note
+        reads 0, a new pitch 1, as do the real rolls' one-hot steps; softmax output lies between."""
+        p = ((x + 1) / 2).flatten(2, 3)  # (B, tracks, bars * steps, pitches)
+        change = 1 - (p[:, :, 1:] * p[:, :, :-1]).sum(-1)
+        return F.pad(change, (1, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.minibatch_std:
+        if not self.minibatch_std and self.onsets is None:
             return self.net(x).flatten()
-        h = self.net[:-3](x)  # the features before the dense layers (the same keys as without)
-        # one more feature: how much the batch's features vary (ProGAN's minibatch std)
-        spread = h.float().std(0, unbiased=False).mean().to(h.dtype) if len(h) > 1 else \
-            h.new_zeros(())
-        return self.net[-3:](torch.cat([h, spread.expand(len(h), 1)], dim=1)).flatten()
+        features = [self.net[:-3](x)]  # before the dense layers (the same keys as without)
+        if self.onsets is not None:
+            features.append(self.onsets(self.changes(x)))
+        if self.minibatch_std:
+            # one more feature: how much the batch's features vary (ProGAN's minibatch std)
+            h = features[0]
+            spread = h.float().std(0, unbiased=False).mean().to(h.dtype) if len(h) > 1 else \
+                h.new_zeros(())
+            features.append(spread.expand(len(h), 1))
+        return self.net[-3:](torch.cat(features, dim=1)).flatten()
 
 
 class MuseGAN(Model):
@@ -282,7 +324,7 @@ class MuseGAN(Model):
         self.critic = Critic(config)
         # the book's RandomNormal(0, 0.02) kernels; batch norm keeps Keras's defaults (1, 0)
         init_weights(self, batchnorm=False)
-        if config.time_upsample == "tied":
+        if config.time_upsample == "tied" or config.beat_split == "tied":
             tie_time_taps(self.generator)
         self.track_names = ["S", "A", "T", "B"][: config.tracks] + \
             [f"track {k}" for k in range(4, config.tracks)]
