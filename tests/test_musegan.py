@@ -127,7 +127,7 @@ def test_critic_onsets_reads_where_each_voice_changes_pitch(chorales):
     the critic through it; the plain critic's keys and scores are unchanged by the option."""
     from genzoo.nn.gan import gradient_penalty
     from genzoo.plugins.musegan import Critic
-    m = tiny_gan(critic_onsets=True)
+    m = tiny_gan(critic_onsets=8)
     grid = chorales.x[:6].long()  # (6, 32 steps, 4 voices)
     roll = m.roll(grid)
     assert roll.shape == (6, 4, 2, 16, 84)
@@ -146,6 +146,11 @@ def test_critic_onsets_reads_where_each_voice_changes_pitch(chorales):
     keys = set(m.critic.state_dict()) - set(plain.critic.state_dict())
     assert keys and all(k.startswith("onsets.") for k in keys)  # only the stream is new
     assert set(plain.critic.state_dict()) <= set(m.critic.state_dict())
+    assert m.critic.net[-3].in_features == plain.critic.net[-3].in_features + 8
+    with pytest.raises(ValueError, match="critic_onsets must be 0"):
+        MuseGANConfig(critic_onsets=-1)
+    with pytest.raises(ValueError, match="critic_onsets must be 0"):
+        MuseGANConfig(critic_onsets=True)  # a width, not a switch
 
 
 def test_resize_time_upsampling_keeps_the_shapes_and_holds_notes_longer():
@@ -267,31 +272,3 @@ def test_dense_steps_4_writes_the_bars_beats_and_drops_the_first_doubling():
     assert moved[:4].min() > 0 and moved[12:].max() == 0
     with pytest.raises(ValueError, match="dense_steps must be 2, 4 or 8"):
         MuseGANConfig(dense_steps=3)
-
-
-def test_beat_split_transpose_writes_each_beats_8ths_from_that_beat_alone():
-    """beat_split=transpose: the beats -> 8ths doubling is a transposed convolution (kernel =
-    stride = 2), so moving one beat of the layer's input changes that beat's two 8ths (four
-    16ths) and nothing else; resize's 3-wide convolution also reaches the neighbouring beats."""
-    def reach(beat_split: str) -> torch.Tensor:
-        m = tiny_gan(time_upsample="resize8", position_bias=True, dense_steps=4,
-                     beat_split=beat_split).train()
-        x = m(**m.latents(8, torch.Generator().manual_seed(0)))
-        assert x.shape == (8, 4, 2, 16, 84)
-        assert torch.equal(x[..., 0::2, :], x[..., 1::2, :])  # 16ths still in pairs
-        bar = m.generator.bar_generators[0].eval()
-        with torch.no_grad():
-            h = bar.dense(torch.randn(4, 4 * 32)).view(-1, 32, 4, 1)
-            h2 = h.clone()
-            h2[:, :, 1] += 1.0  # the second beat
-            return (bar.net(h2)[:, 0] - bar.net(h)[:, 0]).abs().amax(dim=(0, 2)) > 0  # per 16th
-    moved = reach("transpose")
-    assert moved[4:8].all() and not moved[:4].any() and not moved[8:].any()
-    moved = reach("resize")
-    assert moved[2:10].all()  # an 8th into each neighbouring beat
-    bar = tiny_gan(time_upsample="resize8", position_bias=True, dense_steps=4,
-                   beat_split="transpose").generator.bar_generators[0]
-    shapes = [tuple(v.shape) for k, v in bar.named_parameters() if k.endswith("position")]
-    assert shapes == [(16, 16, 1)]  # only the 8ths -> 16ths copy keeps a position bias
-    with pytest.raises(ValueError, match="beat_split must be resize, transpose or tied"):
-        MuseGANConfig(beat_split="nearest")

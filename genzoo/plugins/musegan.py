@@ -20,7 +20,9 @@ sit between two pitches whose argmax flips step by step: 11-15 notes per voice p
 chorales have 3.75. Options, all off by default (the book's layers): ``time_upsample`` resize /
 resize8 (nearest upsampling + a 3-step convolution; resize8 writes 8ths), ``position_bias`` (a
 learned bias per step, so the resized layers know a step's place in the bar) and ``output:
-softmax`` (one distribution over pitches per voice and step, as the data's one-hot rolls).
+softmax`` (one distribution over pitches per voice and step, as the data's one-hot rolls),
+``dense_steps`` (the bar generator's dense layer writes the 4 beats, not 2 half notes) and
+``critic_onsets`` (the critic also reads where each voice changes pitch).
 
 Pitch range (``pitch_range: data``, the default): the network keeps the book's 84 pitches, but
 each voice may only sound the pitches its training data spans (soprano 60-81, alto 52-74, tenor
@@ -66,12 +68,15 @@ class MuseGANConfig:
     gp_weight: float = 10.0  # book: GP_WEIGHT
     pitch_range: Literal["data", "full"] = "data"  # data: each voice only its training range
     minibatch_std: bool = False  # the critic also reads the batch's spread (ProGAN, against collapse)
-    # the critic also reads, per voice and 16th, whether the voice changed pitch there (the
+    # > 0: the critic also reads, per voice and 16th, whether the voice changed pitch there (the
     # "onset/offset stream" of MuseGAN's own code, made for monophonic voices: 1 - the overlap of
-    # two neighbouring steps' pitch distributions), through a small convolution over the 32 steps.
-    # The book's critic folds the 84 pitches into 32 features per step before it looks along
-    # time, so where a held note ends is blurred before the critic can weigh rhythm.
-    critic_onsets: bool = False
+    # two neighbouring steps' pitch distributions), through a small convolution over the 32 steps
+    # with this many features. The book's critic folds the 84 pitches into a few features per
+    # step before it looks along time, so where a held note ends is blurred before the critic can
+    # weigh rhythm. A narrow stream (4 features against the main stream's 4 * critic_width) keeps
+    # the critic's attention on pitch as well: as wide as critic_width, voices kept to a few
+    # pitches (music.md; the quick preset has 4). 0: none (the book).
+    critic_onsets: int = 0
     # how the bar generator doubles its time axis: "transpose" (the book: transposed convolutions,
     # kernel = stride, so neighbouring 16ths get independent weights); "tied" (the same layers,
     # their two time taps initialised equal: at init each step is copied to its two halves, as
@@ -102,13 +107,6 @@ class MuseGANConfig:
     # half-bar could otherwise differ only through their neighbours (a conv 3 steps wide) and a
     # position bias that is the same for every piece, so notes came out too long. 8 writes 8ths.
     dense_steps: Literal[2, 4, 8] = 2
-    # resize / resize8 only: how the doubling from beats to 8ths is made. "resize" (as the other
-    # doublings): nearest upsampling and a convolution 3 steps wide, so a beat's off-beat 8th is a
-    # blend of that beat and the next, and a voice that should move on the next beat often moves
-    # an 8th early (dotted quarters at 5 times the chorales' share). "transpose": a transposed
-    # convolution, kernel = stride = 2, writes each beat's two 8ths from that beat alone with
-    # weights of their own, so whether a voice moves inside a beat is the beat's own choice.
-    beat_split: Literal["resize", "transpose", "tied"] = "resize"
     eval_n: int = 256  # pieces zoo eval draws for the diversity and histogram figures
 
     def __post_init__(self) -> None:
@@ -116,6 +114,9 @@ class MuseGANConfig:
                     "critic_steps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if isinstance(self.critic_onsets, bool) or not 0 <= self.critic_onsets <= 1024:
+            raise ValueError("critic_onsets must be 0 (none) .. 1024 features, got "
+                             f"{self.critic_onsets!r}")
         if self.bars != 2 or self.steps != 16 or self.pitches != 84:
             raise ValueError("the book's MuseGAN layers are sized for 2 bars x 16 steps x 84 "
                              f"pitches; got {self.bars} x {self.steps} x {self.pitches}")
@@ -131,9 +132,6 @@ class MuseGANConfig:
                              "convolutions already have a weight per step)")
         if self.dense_steps not in (2, 4, 8):
             raise ValueError(f"dense_steps must be 2, 4 or 8, got {self.dense_steps}")
-        if self.beat_split not in ("resize", "transpose", "tied"):
-            raise ValueError("beat_split must be resize, transpose or tied, got "
-                             f"{self.beat_split!r}")
         if self.output not in ("tanh", "softmax"):
             raise ValueError(f"output must be tanh or softmax, got {self.output!r}")
         if self.eval_n < 2:
@@ -190,22 +188,17 @@ class BarGenerator(nn.Module):
     convolution), then pitch x 7 and x 12 (an octave of semitones) to 84 pitches."""
 
     def __init__(self, z_dim: int, w: int, time_upsample: str = "transpose",
-                 output: str = "tanh", position_bias: bool = False, dense_steps: int = 2,
-                 beat_split: str = "resize"):
+                 output: str = "tanh", position_bias: bool = False, dense_steps: int = 2):
         super().__init__()
         steps = [dense_steps]
 
         def up(c_in: int, c_out: int, k: tuple[int, int], last: bool = False) -> list[nn.Module]:
-            splits_beats = k == (2, 1) and steps[-1] == 4
-            if k == (2, 1) and time_upsample in ("resize", "resize8") and \
-                    not (splits_beats and beat_split in ("transpose", "tied")):
+            if k == (2, 1) and time_upsample in ("resize", "resize8"):
                 steps.append(steps[-1] * 2)
                 width = 1 if last and time_upsample == "resize8" else 3
                 layer: nn.Module = ResizeConv(c_in, c_out, width,
                                               steps[-1] if position_bias else None)
             else:
-                if k == (2, 1):
-                    steps.append(steps[-1] * 2)
                 layer = nn.ConvTranspose2d(c_in, c_out, k, stride=k)
             return [layer, nn.BatchNorm2d(c_out, momentum=0.1), nn.ReLU()]
         self.dense_steps = dense_steps
@@ -239,8 +232,7 @@ class Generator(nn.Module):
         self.melody_nets = nn.ModuleList(TemporalNetwork(c.z_dim, c.temporal_width, c.bars)
                                          for _ in range(c.tracks))
         self.bar_generators = nn.ModuleList(BarGenerator(c.z_dim, c.bar_width, c.time_upsample,
-                                                         c.output, c.position_bias, c.dense_steps,
-                                                         c.beat_split)
+                                                         c.output, c.position_bias, c.dense_steps)
                                             for _ in range(c.tracks))
 
     def forward(self, chords: torch.Tensor, style: torch.Tensor, melody: torch.Tensor,
@@ -280,14 +272,15 @@ class Critic(nn.Module):
             *conv(w, 2 * w, (1, 4, 1), (1, 2, 1), (0, 1, 0)),  # -> 2
             *conv(2 * w, 4 * w, (1, 3, 1), (1, 2, 1), (0, 1, 0)),  # -> 1
             nn.Flatten(),
-            nn.Linear(4 * w + w * int(c.critic_onsets) + int(c.minibatch_std), 8 * w),
+            nn.Linear(4 * w + c.critic_onsets + int(c.minibatch_std), 8 * w),
             nn.LeakyReLU(0.3), nn.Linear(8 * w, 1))
         self.minibatch_std = c.minibatch_std
-        # critic_onsets: (tracks, 32 steps) of changes -> w features (32 -> 16 -> 8 -> 4 -> 2 -> 1)
+        # critic_onsets: (tracks, 32 steps) of changes -> o features (32 -> 16 -> 8 -> 4 -> 2 -> 1)
+        o = c.critic_onsets
         self.onsets = nn.Sequential(
-            nn.Conv1d(c.tracks, w, 4, 2, 1), nn.LeakyReLU(0.3),
-            *[m for _ in range(3) for m in (nn.Conv1d(w, w, 4, 2, 1), nn.LeakyReLU(0.3))],
-            nn.Conv1d(w, w, 2), nn.LeakyReLU(0.3), nn.Flatten()) if c.critic_onsets else None
+            nn.Conv1d(c.tracks, o, 4, 2, 1), nn.LeakyReLU(0.3),
+            *[m for _ in range(3) for m in (nn.Conv1d(o, o, 4, 2, 1), nn.LeakyReLU(0.3))],
+            nn.Conv1d(o, o, 2), nn.LeakyReLU(0.3), nn.Flatten()) if o else None
 
     @staticmethod
     def changes(x: torch.Tensor) -> torch.Tensor:
@@ -324,7 +317,7 @@ class MuseGAN(Model):
         self.critic = Critic(config)
         # the book's RandomNormal(0, 0.02) kernels; batch norm keeps Keras's defaults (1, 0)
         init_weights(self, batchnorm=False)
-        if config.time_upsample == "tied" or config.beat_split == "tied":
+        if config.time_upsample == "tied":
             tie_time_taps(self.generator)
         self.track_names = ["S", "A", "T", "B"][: config.tracks] + \
             [f"track {k}" for k in range(4, config.tracks)]

@@ -133,11 +133,12 @@ def draw_roll(ax: Any, sample: MusicSample, i: int, title: str | None = None) ->
     ax.set_ylim(lo - 0.5, hi + 0.5)
     ax.set_xlabel("beats (quarter notes); dark lines: bars")
     if title:
-        ax.set_title(title, fontsize=9)
-    if len(sample.tracks) > 1:
+        ax.set_title(title, fontsize=9, loc="left")
+    if len(sample.tracks) > 1:  # above the roll, right of the title: inside, it hid top notes
         ax.legend(handles=[Patch(color=TRACK_COLOURS[k % len(TRACK_COLOURS)], label=t)
                            for k, t in enumerate(sample.tracks)],
-                  loc="upper right", fontsize=7, ncol=len(sample.tracks))
+                  loc="lower right", bbox_to_anchor=(1.0, 1.0), borderaxespad=0.2,
+                  frameon=False, fontsize=7, ncol=len(sample.tracks))
 
 
 def _roll_title(sample: MusicSample, i: int) -> str:
