@@ -147,6 +147,33 @@ def test_log_prob_matches_loss_in_nats_and_bits():
     assert math.isclose(float(out["bits_per_dim"]), float(out["loss"]) / math.log(2), rel_tol=1e-6)
 
 
+def test_input_noise_blurs_only_the_past_and_only_in_training():
+    """input_noise: in training the network conditions on noisy pixels (two passes differ), the
+    targets stay clean (in eval mode the loss is exactly the noiseless model's), and the noise
+    never lets a pixel's parameters see that pixel or a later one."""
+    noisy, clean = small(size=6, input_noise=0.3), small(size=6)
+    assert all(torch.equal(a, b) for a, b in zip(noisy.state_dict().values(),
+                                                  clean.state_dict().values()))
+    x = torch.randint(0, 256, (3, 1, 6, 6)).float() / 255
+    with torch.no_grad():
+        assert torch.equal(noisy.loss({"x": x})["loss"], clean.loss({"x": x})["loss"])  # eval
+        noisy.train()
+        a, b = noisy.loss({"x": x})["loss"], noisy.loss({"x": x})["loss"]
+        assert not torch.equal(a, b)
+    levels = noisy.to_levels(x)
+    for p in (0, 14, 35):  # a pixel's parameters: unchanged by anything at or after it
+        later = levels.clone().view(3, -1)
+        later[:, p:] = 255 - later[:, p:]
+        torch.manual_seed(1)
+        base = noisy(levels)
+        torch.manual_seed(1)
+        moved = noisy(later.view_as(levels))
+        i, j = divmod(p, 6)
+        assert torch.equal(base[..., i, j], moved[..., i, j])
+    with pytest.raises(ValueError, match="input_noise must be in"):
+        PixelCNNMDConfig(input_noise=-0.1)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     from tiny import tiny  # tests/tiny.py, as the `tiny` fixture (function-scoped) gives it
@@ -179,3 +206,8 @@ def test_cli_sample_writes_a_grid(run, tmp_path):
                                       str(tmp_path / "s.png")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "s.png").stat().st_size > 0
+    # a dot inside the name is the name's, not an extension to drop
+    result = CliRunner().invoke(cli, ["sample", str(run.path), "--n", "4", "--out",
+                                      str(tmp_path / "t0.8-grid")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "t0.8-grid.png").stat().st_size > 0 and not (tmp_path / "t0.png").exists()
