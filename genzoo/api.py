@@ -13,11 +13,11 @@ from genzoo.core.factory import (DataShape, Plan, build_model, create_model, pla
                                  split_overrides, versions)
 from genzoo.core.runner import (LoadedRun, evaluate_loss, load_run, resume, sample_writer,  # noqa: F401
                                 train)
-from genzoo.core.sample import ImageSample, Sample, write  # noqa: F401
+from genzoo.core.sample import ImageSample, Sample, output_stem, write  # noqa: F401
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
     """Images in [0, 1] (n, C, H, W) as one PNG grid, upscaled to >= 512 px wide."""
-    path = Path(path)
-    write(ImageSample(images, nrow=nrow), path.with_suffix(""))
-    return path.with_suffix(".png")
+    stem = output_stem(path)
+    write(ImageSample(images, nrow=nrow), stem)
+    return Path(f"{stem}.png")

@@ -216,16 +216,6 @@ def _number_line(e: BaseException) -> str | None:
     return None
 
 
-# what a writer adds to a stem; --out may name one (grid.png), and a dot elsewhere in the name
-# is part of it (--out runs/t0.7-grid: t0.7-grid.png, not t0.png)
-_OUTPUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".txt", ".json", ".jsonl", ".wav",
-                    ".mid", ".midi", ".mp4", ".npz"}
-
-
-def _out_stem(path: Path) -> Path:
-    return path.with_suffix("") if path.suffix.lower() in _OUTPUT_SUFFIXES else path
-
-
 def _writing(path: str | os.PathLike) -> None:
     """Note the output a command is writing, named by a full-disk or read-only error whose
     OSError does not carry the path."""
@@ -768,7 +758,8 @@ def sample(ctx: click.Context, run: str, n: int, sampler_name: str | None, sets:
     inputs["show"] = views
     chunks = loaded.sample_chunks(n, seed=seed, sampler=sampler_name, inputs=inputs,
                                   batch_size=batch_size, **parse_set(sets))
-    stem = _out_stem(Path(out)) if out else loaded.run.samples_dir / f"sample-{name}-{seed}"
+    from genzoo.core.sample import output_stem
+    stem = output_stem(out) if out else loaded.run.samples_dir / f"sample-{name}-{seed}"
     if out and Path(out).is_dir():  # a folder: the default file name inside it
         stem = Path(out) / f"sample-{name}-{seed}"
     _writing(stem)

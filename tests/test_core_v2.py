@@ -283,3 +283,16 @@ def test_cosine_schedule_decays_to_its_floor():
     assert lr_factor(cfg, 110, 110) == pytest.approx(0.1)
     with pytest.raises(ConfigError, match="lr_floor"):
         validate_train(TrainConfig(lr_floor=1.5))
+
+
+def test_save_grid_and_output_stems_keep_a_dot_inside_the_name(tmp_path):
+    """A writer's own extension names the stem (g.png -> g); any other dot is the name's
+    (r0.5-grid -> r0.5-grid.png, where with_suffix("") wrote r0.png)."""
+    from genzoo.core.sample import output_stem
+    assert output_stem("a/grid.png") == Path("a/grid")
+    assert output_stem("a/t0.8-grid") == Path("a/t0.8-grid")
+    images = torch.rand(4, 1, 8, 8)
+    assert api.save_grid(images, tmp_path / "g.png") == tmp_path / "g.png"
+    path = api.save_grid(images, tmp_path / "r0.5-grid")
+    assert path == tmp_path / "r0.5-grid.png" and path.stat().st_size > 0
+    assert not (tmp_path / "r0.png").exists()

@@ -313,6 +313,18 @@ def writer_for(kind: str) -> Any:
     return resolve(ref, f"writer for {kind!r} samples")
 
 
+# what writers add to a stem: a path given with one of these names its stem (grid.png -> grid);
+# any other dot is part of the name (t0.8-grid -> t0.8-grid.png, not t0.png)
+OUTPUT_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".svg", ".txt", ".json", ".jsonl",
+                             ".wav", ".mid", ".midi", ".mp4", ".npz"})
+
+
+def output_stem(path: str | Path) -> Path:
+    """The stem a user's output path names: its extension dropped only if a writer adds it."""
+    path = Path(path)
+    return path.with_suffix("") if path.suffix.lower() in OUTPUT_SUFFIXES else path
+
+
 def write(sample: Sample, stem: str | Path, reference: Any = None) -> list[Path]:
     """Write `sample` (and its extras) as files named STEM.*; returns the paths written. A
     sample longer than its kind's view limit gets a view of the first ones and an archive of
